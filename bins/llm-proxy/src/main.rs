@@ -1,0 +1,100 @@
+//! `llm-proxy`: load config, build, serve, drain on SIGINT/SIGTERM, exit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use llm_proxy::cli::Cli;
+use llm_proxy::{App, settings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Cli::parse().serve_args();
+    let filter = args
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let config = match settings::load(&args) {
+            Ok(c) => c,
+            Err(e) => return fail(&e),
+        };
+        let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(Arc::new(move || handle.render()) as llm_proxy_api::MetricsRender),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                None
+            }
+        };
+        let app = match App::build(config, metrics).await {
+            Ok(app) => app,
+            Err(e) => return fail(&e),
+        };
+        announce(app.local_addr());
+        match app.run(shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    tracing::error!("{error}");
+    #[expect(
+        clippy::print_stderr,
+        reason = "the reason for exiting must reach the user even with logging filtered"
+    )]
+    {
+        eprintln!("llm-proxy: {error}");
+    }
+    ExitCode::from(2)
+}
+
+/// The ready line scripts and tests wait for.
+fn announce(addr: std::net::SocketAddr) {
+    tracing::info!(%addr, "listening");
+    #[expect(
+        clippy::print_stdout,
+        reason = "the ready line is part of the CLI contract"
+    )]
+    {
+        println!("llm-proxy listening on http://{addr}");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,280 @@
+//! The response body sent to the client. It forwards upstream chunks as they
+//! arrive (never buffering), reports each chunk to the observers, turns a
+//! mid-stream upstream failure into a protocol error event for SSE clients,
+//! and reports the end of the exchange exactly once — including when the
+//! client goes away and the body is dropped unfinished.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::backend::UpstreamBody;
+use crate::error::UpstreamError;
+use crate::health::{AttemptOutcome, EndpointHealth};
+use crate::observer::{
+    AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ExchangeOutcome, IncompleteReason,
+    ObserverSet,
+};
+use crate::telemetry;
+
+/// Book-keeping for one exchange until its end is reported.
+pub(crate) struct Tracker {
+    pub ctx: Arc<ExchangeContext>,
+    pub observers: ObserverSet,
+    pub health: Arc<dyn EndpointHealth>,
+    /// The attempt whose response is being forwarded (None for proxy-made errors).
+    pub served_by: Option<AttemptInfo>,
+    pub attempts: u32,
+    pub status: u16,
+    /// Upstream time of earlier, failed attempts.
+    pub upstream_time: Duration,
+    /// When the served attempt's request was sent.
+    pub sent_at: Option<Instant>,
+    pub ttft: Option<Duration>,
+    /// Completion reported when the body ends cleanly.
+    pub clean_end: Completion,
+    pub error: Option<String>,
+}
+
+impl Tracker {
+    fn finish(mut self, completion: Completion, at: Instant) {
+        if let Some(sent) = self.sent_at {
+            self.upstream_time += at.saturating_duration_since(sent);
+        }
+        if let Some(attempt) = &self.served_by {
+            let outcome = match completion {
+                Completion::Incomplete(IncompleteReason::ClientDisconnect) => {
+                    AttemptOutcome::ClientGone
+                }
+                Completion::Incomplete(IncompleteReason::Timeout) => {
+                    AttemptOutcome::Error(crate::error::UpstreamErrorKind::IdleTimeout)
+                }
+                Completion::Incomplete(_) => {
+                    AttemptOutcome::Error(crate::error::UpstreamErrorKind::Protocol)
+                }
+                _ if self.status >= 500 || self.status == 429 => AttemptOutcome::Status {
+                    status: self.status,
+                    retry_after: None,
+                },
+                _ => AttemptOutcome::Success,
+            };
+            self.health.record_outcome(&attempt.backend, outcome);
+        }
+        let total = at.saturating_duration_since(self.ctx.started);
+        let outcome = ExchangeOutcome {
+            status: self.status,
+            completion,
+            served_by: self.served_by.take(),
+            attempts: self.attempts,
+            ttft: self.ttft,
+            upstream_time: self.upstream_time.min(total),
+            total,
+            error: self.error.take(),
+        };
+        emit_metrics(&self.ctx, &outcome);
+        match completion {
+            // Failures were logged where they were handled.
+            Completion::Completed | Completion::Failed => tracing::debug!(
+                request_id = %self.ctx.request_id,
+                status = outcome.status,
+                total_ms = total.as_millis() as u64,
+                "exchange ended"
+            ),
+            _ => tracing::info!(
+                request_id = %self.ctx.request_id,
+                status = outcome.status,
+                completion = ?completion,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "exchange did not complete"
+            ),
+        }
+        self.observers.on_exchange_end(&self.ctx, &outcome);
+    }
+}
+
+fn emit_metrics(ctx: &ExchangeContext, outcome: &ExchangeOutcome) {
+    let frontend = ctx.frontend.as_str();
+    let backend = outcome
+        .served_by
+        .as_ref()
+        .map(|a| a.backend.to_string())
+        .unwrap_or_else(|| "none".to_owned());
+    let completion = match outcome.completion {
+        Completion::Completed => "completed",
+        Completion::Failed => "failed",
+        Completion::Incomplete(r) => r.as_str(),
+    };
+    metrics::counter!(
+        telemetry::EXCHANGES_TOTAL,
+        "frontend" => frontend,
+        "backend" => backend.clone(),
+        "status_class" => telemetry::status_class(outcome.status),
+        "outcome" => completion,
+    )
+    .increment(1);
+    metrics::histogram!(
+        telemetry::EXCHANGE_DURATION_SECONDS,
+        "frontend" => frontend,
+        "backend" => backend.clone(),
+    )
+    .record(outcome.total.as_secs_f64());
+    if let Some(ttft) = outcome.ttft {
+        metrics::histogram!(telemetry::TTFT_SECONDS, "frontend" => frontend, "backend" => backend)
+            .record(ttft.as_secs_f64());
+    }
+    metrics::histogram!(telemetry::PROXY_OVERHEAD_SECONDS, "frontend" => frontend).record(
+        outcome
+            .total
+            .saturating_sub(outcome.upstream_time)
+            .as_secs_f64(),
+    );
+}
+
+/// The body of every response to an LLM route.
+pub struct ProxyBody {
+    inner: UpstreamBody,
+    tracker: Option<Tracker>,
+    /// The response is an SSE stream: failures become error events.
+    sse: bool,
+    done: bool,
+}
+
+impl ProxyBody {
+    pub(crate) fn new(inner: UpstreamBody, tracker: Tracker, sse: bool) -> ProxyBody {
+        ProxyBody {
+            inner,
+            tracker: Some(tracker),
+            sse,
+            done: false,
+        }
+    }
+
+    fn end_cleanly(&mut self, at: Instant) {
+        let Some(t) = &self.tracker else { return };
+        if let Some(attempt) = &t.served_by {
+            t.observers
+                .on_backend_response_end(&t.ctx, attempt, None, at);
+        }
+        let clean = t.clean_end;
+        self.finish(clean, at);
+    }
+
+    fn finish(&mut self, completion: Completion, at: Instant) {
+        self.done = true;
+        if let Some(t) = self.tracker.take() {
+            t.finish(completion, at);
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("sse", &self.sse)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
+                if let (Some(data), Some(t)) = (frame.data_ref(), this.tracker.as_mut())
+                    && !data.is_empty()
+                {
+                    if let Some(attempt) = &t.served_by {
+                        t.observers
+                            .on_backend_response_chunk(&t.ctx, attempt, data, now);
+                    }
+                    t.observers.on_client_response_chunk(&t.ctx, data, now);
+                    if t.ttft.is_none() {
+                        t.ttft = Some(now.saturating_duration_since(t.ctx.started));
+                    }
+                }
+                // A body of known length is not polled again after its last
+                // byte: report the end now, or it would look like a disconnect.
+                if this.inner.is_end_stream() {
+                    this.end_cleanly(now);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.end_cleanly(Instant::now());
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(err))) => {
+                let now = Instant::now();
+                let reason = if err.kind.is_timeout() {
+                    IncompleteReason::Timeout
+                } else {
+                    IncompleteReason::BackendError
+                };
+                let mut event = None;
+                if let Some(t) = this.tracker.as_mut() {
+                    if let Some(attempt) = &t.served_by {
+                        t.observers
+                            .on_backend_response_end(&t.ctx, attempt, Some(&err), now);
+                    }
+                    t.error = Some(err.to_string());
+                    if this.sse {
+                        let message = format!("upstream stream failed: {err}");
+                        let ev = t.ctx.frontend.stream_error_event(err.status(), &message);
+                        t.observers.on_client_response_chunk(&t.ctx, &ev, now);
+                        event = Some(ev);
+                    }
+                }
+                tracing::warn!(error = %err, sse = this.sse, "upstream failed mid-response");
+                this.finish(Completion::Incomplete(reason), now);
+                match event {
+                    Some(ev) => Poll::Ready(Some(Ok(Frame::data(ev)))),
+                    None => Poll::Ready(Some(Err(err))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Never claim the end before `poll_frame` has seen it: the end is
+        // where the exchange is reported.
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else if self.sse {
+            // An error event may be appended: the length is not known.
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if self.tracker.is_some() {
+            self.finish(
+                Completion::Incomplete(IncompleteReason::ClientDisconnect),
+                Instant::now(),
+            );
+        }
+    }
+}

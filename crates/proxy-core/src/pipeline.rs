@@ -1,0 +1,457 @@
+//! The request pipeline: parse what routing needs, pick targets (rewriter,
+//! health), try them in order with failover, and hand back a streaming
+//! response. Observers see every leg.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+
+use crate::backend::{
+    self, Backend, BackendRequest, BackendResponse, forwardable_request_headers,
+    returnable_response_headers,
+};
+use crate::body::{ProxyBody, Tracker};
+use crate::config::RoutingConfig;
+use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::health::{AlwaysAvailable, AttemptOutcome, EndpointHealth};
+use crate::observer::{AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ObserverSet};
+use crate::protocol::Frontend;
+use crate::request::RequestFacts;
+use crate::rewrite::{RewriteRequest, RouteRewriter};
+use crate::routing::{RoutePlan, Router, Target};
+use crate::telemetry;
+
+/// Header carrying an explicit session id.
+pub const SESSION_HEADER: &str = "x-session-id";
+
+/// A client request on an LLM route, body already read.
+#[derive(Debug)]
+pub struct ClientRequest {
+    /// Protocol of the route.
+    pub frontend: Frontend,
+    /// Request method.
+    pub method: Method,
+    /// Request URI (path and query).
+    pub uri: Uri,
+    /// Request headers as received.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// Client socket address.
+    pub client_addr: Option<SocketAddr>,
+    /// Label of the proxy key the client authenticated with, if auth is on.
+    pub proxy_user: Option<String>,
+    /// When the request head arrived.
+    pub received: Instant,
+    /// Wall-clock time of arrival.
+    pub received_at: SystemTime,
+}
+
+/// The running pipeline. Cheap to share behind an `Arc`.
+pub struct Pipeline {
+    router: Router,
+    backends: HashMap<Arc<str>, Arc<dyn Backend>>,
+    config: RoutingConfig,
+    observers: ObserverSet,
+    health: Arc<dyn EndpointHealth>,
+    rewriter: Option<Arc<dyn RouteRewriter>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("router", &self.router)
+            .field("observers", &self.observers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// Validates `config` and builds every backend client.
+    pub fn new(config: RoutingConfig) -> Result<Pipeline, ConfigError> {
+        config.validate()?;
+        let mut backends = HashMap::new();
+        for (name, backend_config) in &config.backends {
+            let backend = backend::build(name, backend_config, &config.upstream)?;
+            backends.insert(Arc::from(name.as_str()), backend);
+        }
+        Ok(Pipeline {
+            router: Router::new(&config),
+            backends,
+            config,
+            observers: ObserverSet::default(),
+            health: Arc::new(AlwaysAvailable),
+            rewriter: None,
+        })
+    }
+
+    /// Observers called at every leg.
+    pub fn with_observers(mut self, observers: ObserverSet) -> Pipeline {
+        self.observers = observers;
+        self
+    }
+
+    /// The health view consulted by routing.
+    pub fn with_health(mut self, health: Arc<dyn EndpointHealth>) -> Pipeline {
+        self.health = health;
+        self
+    }
+
+    /// A rewriter that may change the target of a request.
+    pub fn with_rewriter(mut self, rewriter: Arc<dyn RouteRewriter>) -> Pipeline {
+        self.rewriter = Some(rewriter);
+        self
+    }
+
+    /// The routing configuration in force.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    /// `GET /v1/models`: every routable `backend:model`, plus failover route names.
+    pub fn models_json(&self) -> Bytes {
+        let mut data = Vec::new();
+        for (name, b) in &self.config.backends {
+            let models: Vec<String> =
+                if b.models.is_empty() && b.backend_type == crate::config::BackendType::Mock {
+                    vec!["echo".into(), "mock-1".into()]
+                } else {
+                    b.models.clone()
+                };
+            for m in models {
+                data.push(serde_json::json!({
+                    "id": format!("{name}:{m}"), "object": "model", "created": 0, "owned_by": name,
+                }));
+            }
+        }
+        for (alias, _) in self.router.routes() {
+            data.push(serde_json::json!({
+                "id": alias, "object": "model", "created": 0, "owned_by": "llm-proxy",
+            }));
+        }
+        Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+    }
+
+    /// Serves one client request. Never fails: errors become JSON responses
+    /// in the route's protocol style.
+    pub async fn handle(&self, request: ClientRequest) -> Response<ProxyBody> {
+        let facts = RequestFacts::parse(&request.body);
+        let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        let session_id = session_id(&request, facts.as_ref().ok(), &request_id);
+        let ctx = Arc::new(ExchangeContext {
+            request_id,
+            frontend: request.frontend,
+            received_at: request.received_at,
+            started: request.received,
+            client_addr: request.client_addr,
+            user_agent: request
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            proxy_user: request.proxy_user.clone(),
+            session_id,
+            requested_model: facts.as_ref().map(|f| f.model.clone()).unwrap_or_default(),
+            streaming: facts.as_ref().is_ok_and(|f| f.stream),
+        });
+        self.observers.on_client_request(
+            &ctx,
+            &request.method,
+            &request.uri,
+            &request.headers,
+            &request.body,
+        );
+        let mut tracker = Tracker {
+            ctx: ctx.clone(),
+            observers: self.observers.clone(),
+            health: self.health.clone(),
+            served_by: None,
+            attempts: 0,
+            status: 0,
+            upstream_time: Duration::ZERO,
+            sent_at: None,
+            ttft: None,
+            clean_end: Completion::Completed,
+            error: None,
+        };
+        let facts = match facts {
+            Ok(f) => f,
+            Err(e) => return error_response(tracker, &e),
+        };
+        let plan = match self.plan(&request, &facts, &ctx) {
+            Ok(p) => p,
+            Err(e) => return error_response(tracker, &e),
+        };
+        let mut last_error: Option<UpstreamError> = None;
+        let count = plan.len();
+        for (index, (target, replaced)) in plan.into_iter().enumerate() {
+            let has_next = index + 1 < count;
+            let Some(backend) = self.backends.get(&target.backend) else {
+                continue;
+            };
+            if !self.health.try_admit(&target.backend) && has_next {
+                tracing::debug!(backend = %target.backend, "backend refused admission; trying next target");
+                continue;
+            }
+            tracker.attempts += 1;
+            let attempt = AttemptInfo {
+                attempt: tracker.attempts,
+                backend: target.backend.clone(),
+                backend_type: backend.backend_type(),
+                model: target.model.clone(),
+                replaced,
+            };
+            let mut headers = forwardable_request_headers(&request.headers);
+            backend.authorize(&mut headers);
+            let backend_request = BackendRequest {
+                frontend: request.frontend,
+                query: request.uri.query().map(str::to_owned),
+                headers,
+                body: facts.with_model(&request.body, &target.model),
+            };
+            let uri = backend.uri_for(&backend_request);
+            self.observers.on_backend_request(
+                &ctx,
+                &attempt,
+                &uri,
+                &backend_request.headers,
+                &backend_request.body,
+            );
+            let sent = Instant::now();
+            match backend.send(backend_request).await {
+                Err(err) => {
+                    let now = Instant::now();
+                    tracker.upstream_time += now.saturating_duration_since(sent);
+                    self.observers
+                        .on_backend_response_end(&ctx, &attempt, Some(&err), now);
+                    self.health
+                        .record_outcome(&target.backend, AttemptOutcome::Error(err.kind));
+                    metrics::counter!(telemetry::UPSTREAM_ATTEMPTS_TOTAL, "backend" => target.backend.to_string(), "result" => err.kind.as_str()).increment(1);
+                    tracing::warn!(backend = %target.backend, error = %err, has_next, "upstream attempt failed");
+                    if has_next {
+                        metrics::counter!(telemetry::FAILOVERS_TOTAL, "from_backend" => target.backend.to_string()).increment(1);
+                    }
+                    last_error = Some(err);
+                }
+                Ok(response) => {
+                    let status = response.status.as_u16();
+                    let now = Instant::now();
+                    self.observers.on_backend_response_head(
+                        &ctx,
+                        &attempt,
+                        response.status,
+                        &response.headers,
+                        now,
+                    );
+                    let retryable = status >= 500 || status == 429;
+                    let result = match status {
+                        429 => "status_429",
+                        500..=599 => "status_5xx",
+                        _ => "ok",
+                    };
+                    metrics::counter!(telemetry::UPSTREAM_ATTEMPTS_TOTAL, "backend" => target.backend.to_string(), "result" => result).increment(1);
+                    if retryable && has_next {
+                        let retry_after = retry_after(&response.headers);
+                        self.drain_failed(&ctx, &attempt, response).await;
+                        tracker.upstream_time += Instant::now().saturating_duration_since(sent);
+                        self.health.record_outcome(
+                            &target.backend,
+                            AttemptOutcome::Status {
+                                status,
+                                retry_after,
+                            },
+                        );
+                        metrics::counter!(telemetry::FAILOVERS_TOTAL, "from_backend" => target.backend.to_string()).increment(1);
+                        tracing::warn!(backend = %target.backend, status, "upstream answered with a retryable status; trying next target");
+                        last_error = Some(UpstreamError::new(
+                            target.backend.to_string(),
+                            crate::error::UpstreamErrorKind::InvalidResponse,
+                            format!("answered HTTP {status}"),
+                        ));
+                        continue;
+                    }
+                    tracker.served_by = Some(attempt);
+                    tracker.sent_at = Some(sent);
+                    return self.forward(tracker, response);
+                }
+            }
+        }
+        let err = last_error.map(ProxyError::Upstream).unwrap_or_else(|| {
+            ProxyError::BadRequest("no backend could be tried for this model".into())
+        });
+        error_response(tracker, &err)
+    }
+
+    /// The ordered targets for a request, each flagged when a rewriter chose it.
+    fn plan(
+        &self,
+        request: &ClientRequest,
+        facts: &RequestFacts,
+        ctx: &ExchangeContext,
+    ) -> Result<Vec<(Target, bool)>, ProxyError> {
+        let RoutePlan { targets, .. } = self.router.plan(&facts.model)?;
+        let mut planned: Vec<(Target, bool)> = targets.into_iter().map(|t| (t, false)).collect();
+        if let (Some(rewriter), Some((first, _))) = (&self.rewriter, planned.first()) {
+            let rewrite = RewriteRequest {
+                session_id: &ctx.session_id,
+                frontend: request.frontend,
+                requested_model: &facts.model,
+                target: first,
+                headers: &request.headers,
+            };
+            if let Some(target) = rewriter.rewrite(&rewrite) {
+                match self.router.backend(&target.backend) {
+                    Some(backend) => {
+                        // The replacement goes first; the original plan stays as fallback.
+                        planned.insert(0, (Target::new(backend, target.model), true));
+                    }
+                    None => {
+                        tracing::warn!(backend = %target.backend, "route rewriter chose an unknown backend; ignored")
+                    }
+                }
+            }
+        }
+        let available: Vec<(Target, bool)> = planned
+            .iter()
+            .filter(|(t, _)| self.health.is_available(&t.backend))
+            .cloned()
+            .collect();
+        if available.is_empty() {
+            tracing::warn!(
+                model = %facts.model,
+                "every target of this request is unhealthy; trying the original plan anyway"
+            );
+            return Ok(planned);
+        }
+        Ok(available)
+    }
+
+    /// Reads (and reports) the body of a response we are not forwarding.
+    async fn drain_failed(
+        &self,
+        ctx: &ExchangeContext,
+        attempt: &AttemptInfo,
+        response: BackendResponse,
+    ) {
+        let mut body = response.body;
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            self.observers.on_backend_response_chunk(ctx, attempt, data, Instant::now());
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.observers.on_backend_response_end(ctx, attempt, Some(&e), Instant::now());
+                        return;
+                    }
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        self.observers
+            .on_backend_response_end(ctx, attempt, None, Instant::now());
+    }
+
+    fn forward(&self, mut tracker: Tracker, response: BackendResponse) -> Response<ProxyBody> {
+        let BackendResponse {
+            status,
+            headers,
+            body,
+        } = response;
+        let sse = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut headers = returnable_response_headers(&headers);
+        insert_request_id(&mut headers, &tracker.ctx.request_id);
+        tracker.status = status.as_u16();
+        tracker
+            .observers
+            .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
+        let mut response = Response::new(ProxyBody::new(body, tracker, sse));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+fn insert_request_id(headers: &mut HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+/// A JSON error response in the route's style; the exchange ends as failed.
+fn error_response(mut tracker: Tracker, err: &ProxyError) -> Response<ProxyBody> {
+    let status = err.status();
+    let body = tracker.ctx.frontend.error_body(status, &err.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    insert_request_id(&mut headers, &tracker.ctx.request_id);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    tracker.status = status.as_u16();
+    tracker.clean_end = Completion::Failed;
+    tracker.error = Some(err.to_string());
+    tracing::info!(culprit = err.culprit(), status = status.as_u16(), error = %err, "request failed");
+    tracker
+        .observers
+        .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
+    let full = Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(ProxyBody::new(full, tracker, false));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Session identity (SPEC §7): `x-session-id`, else the request's user field,
+/// else a fingerprint of the conversation opening and the client credential.
+fn session_id(
+    request: &ClientRequest,
+    facts: Option<&RequestFacts>,
+    request_id: &Arc<str>,
+) -> Arc<str> {
+    if let Some(v) = request
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        return Arc::from(v);
+    }
+    let Some(facts) = facts else {
+        return request_id.clone();
+    };
+    if let Some(user) = &facts.user {
+        return Arc::from(user.as_str());
+    }
+    let credential = backend::client_credential(&request.headers).unwrap_or("");
+    match facts.conversation_fingerprint(&request.body, credential) {
+        Some(fp) => Arc::from(format!("fp-{fp:016x}")),
+        None => request_id.clone(),
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}

@@ -1,0 +1,227 @@
+//! The few facts the pipeline needs from a request body, found without
+//! rebuilding it: the model (and where its value sits, so it can be spliced),
+//! the stream flag, and the session hints.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
+
+use crate::error::ProxyError;
+
+/// Routing-relevant facts of a client request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// The `model` value as sent.
+    pub model: String,
+    /// Byte range of the `model` JSON value (including its quotes) in the body.
+    model_span: Range<usize>,
+    /// `"stream": true`.
+    pub stream: bool,
+    /// OpenAI `user` or Anthropic `metadata.user_id`.
+    pub user: Option<String>,
+    /// Byte range of the conversation (`messages` or `input`) value, if any.
+    conversation_span: Option<Range<usize>>,
+    /// Byte range of the Anthropic `system` value, if any.
+    system_span: Option<Range<usize>>,
+}
+
+impl RequestFacts {
+    /// Parses `body` as a JSON object and extracts the routing facts.
+    /// Malformed JSON or a missing/non-string `model` is a client error.
+    pub fn parse(body: &[u8]) -> Result<RequestFacts, ProxyError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ProxyError::BadRequest("request body is not valid UTF-8".into()))?;
+        let fields: HashMap<String, &RawValue> = serde_json::from_str(text).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                ProxyError::BadRequest("request body must be a JSON object".into())
+            } else {
+                ProxyError::BadRequest(format!("malformed JSON in request body: {e}"))
+            }
+        })?;
+        let span_of = |raw: &RawValue| -> Range<usize> {
+            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            start..start + raw.get().len()
+        };
+        let model_raw = fields
+            .get("model")
+            .ok_or_else(|| ProxyError::BadRequest("missing required field `model`".into()))?;
+        let model: String = serde_json::from_str(model_raw.get())
+            .map_err(|_| ProxyError::BadRequest("field `model` must be a string".into()))?;
+        if model.is_empty() {
+            return Err(ProxyError::BadRequest(
+                "field `model` must not be empty".into(),
+            ));
+        }
+        let stream = match fields.get("stream") {
+            None => false,
+            Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
+                Ok(v) => v.unwrap_or(false),
+                Err(_) => {
+                    return Err(ProxyError::BadRequest(
+                        "field `stream` must be a boolean".into(),
+                    ));
+                }
+            },
+        };
+        let user = fields
+            .get("user")
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .or_else(|| {
+                #[derive(serde::Deserialize)]
+                struct Metadata {
+                    user_id: Option<String>,
+                }
+                fields
+                    .get("metadata")
+                    .and_then(|raw| serde_json::from_str::<Metadata>(raw.get()).ok())
+                    .and_then(|m| m.user_id)
+            })
+            .filter(|u| !u.is_empty());
+        let conversation_span = fields
+            .get("messages")
+            .or_else(|| fields.get("input"))
+            .map(|raw| span_of(raw));
+        let system_span = fields.get("system").map(|raw| span_of(raw));
+        Ok(RequestFacts {
+            model,
+            model_span: span_of(model_raw),
+            stream,
+            user,
+            conversation_span,
+            system_span,
+        })
+    }
+
+    /// The body with the `model` value replaced by `model`; every other byte
+    /// is kept as sent. Returns the body itself when the model is unchanged.
+    pub fn with_model(&self, body: &Bytes, model: &str) -> Bytes {
+        if model == self.model {
+            return body.clone();
+        }
+        let quoted = serde_json::Value::String(model.to_owned()).to_string();
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+        out.extend_from_slice(&body[..self.model_span.start]);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(&body[self.model_span.end..]);
+        out.freeze()
+    }
+
+    /// A stable fingerprint of the conversation's opening (system prompt and
+    /// messages up to the first user message) mixed with `credential`: the same
+    /// agent conversation gets the same value on every turn and across restarts.
+    pub fn conversation_fingerprint(&self, body: &[u8], credential: &str) -> Option<u64> {
+        let span = self.conversation_span.clone()?;
+        let conversation = std::str::from_utf8(body.get(span)?).ok()?;
+        let mut hash = Fnv64::new();
+        hash.write(credential.as_bytes());
+        hash.write(&[0xff]);
+        if let Some(system) = self.system_span.clone().and_then(|s| body.get(s)) {
+            hash.write(system);
+            hash.write(&[0xfe]);
+        }
+        match serde_json::from_str::<Vec<&RawValue>>(conversation) {
+            Ok(messages) => {
+                #[derive(serde::Deserialize)]
+                struct Role<'a> {
+                    #[serde(borrow)]
+                    role: Option<std::borrow::Cow<'a, str>>,
+                }
+                for m in &messages {
+                    hash.write(m.get().as_bytes());
+                    hash.write(&[0xfd]);
+                    let role = serde_json::from_str::<Role<'_>>(m.get())
+                        .ok()
+                        .and_then(|r| r.role);
+                    if !matches!(role.as_deref(), Some("system" | "developer")) {
+                        break;
+                    }
+                }
+            }
+            // Responses `input` may be a plain string.
+            Err(_) => hash.write(conversation.as_bytes()),
+        }
+        Some(hash.finish())
+    }
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms, unlike `DefaultHasher`.
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Fnv64 {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_model_and_splices_only_it() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "openai:gpt-4o","stream":true}"#,
+        );
+        let facts = RequestFacts::parse(&body).unwrap();
+        assert_eq!(facts.model, "openai:gpt-4o");
+        assert!(facts.stream);
+        let out = facts.with_model(&body, "gpt-4o");
+        assert_eq!(
+            &out[..],
+            &br#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "gpt-4o","stream":true}"#[..]
+        );
+    }
+
+    #[test]
+    fn escaped_model_names_round_trip() {
+        let body = Bytes::from_static(br#"{"model":"mock:e\u0063ho"}"#);
+        let facts = RequestFacts::parse(&body).unwrap();
+        assert_eq!(facts.model, "mock:echo");
+        assert_eq!(&facts.with_model(&body, "a\"b")[..], br#"{"model":"a\"b"}"#);
+    }
+
+    #[test]
+    fn client_errors_are_named() {
+        let err = |b: &[u8]| RequestFacts::parse(b).unwrap_err().to_string();
+        assert!(err(b"{not json").contains("malformed JSON"));
+        assert!(err(b"[1,2]").contains("JSON object"));
+        assert!(err(br#"{"messages":[]}"#).contains("missing required field `model`"));
+        assert!(err(br#"{"model":5}"#).contains("`model` must be a string"));
+        assert!(err(br#"{"model":"x","stream":"yes"}"#).contains("`stream`"));
+    }
+
+    #[test]
+    fn user_comes_from_user_or_metadata() {
+        let f = RequestFacts::parse(br#"{"model":"m","user":"u1"}"#).unwrap();
+        assert_eq!(f.user.as_deref(), Some("u1"));
+        let f = RequestFacts::parse(br#"{"model":"m","metadata":{"user_id":"u2"}}"#).unwrap();
+        assert_eq!(f.user.as_deref(), Some("u2"));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_across_turns_and_differs_by_credential() {
+        let fp = |body: &[u8], key: &str| {
+            RequestFacts::parse(body)
+                .unwrap()
+                .conversation_fingerprint(body, key)
+                .unwrap()
+        };
+        let t1 = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"a"}]}"#;
+        let t2 = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":"c"}]}"#;
+        let other = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"z"}]}"#;
+        assert_eq!(fp(t1, "k1"), fp(t2, "k1"));
+        assert_ne!(fp(t1, "k1"), fp(t1, "k2"));
+        assert_ne!(fp(t1, "k1"), fp(other, "k1"));
+    }
+}
