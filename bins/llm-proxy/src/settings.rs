@@ -308,15 +308,15 @@ fn scalar(v: &str) -> Value {
     if let Ok(i) = t.parse::<i64>() {
         return json!(i);
     }
-    if let Ok(f) = t.parse::<f64>() {
-        if f.is_finite() {
-            return json!(f);
-        }
+    if let Ok(f) = t.parse::<f64>()
+        && f.is_finite()
+    {
+        return json!(f);
     }
-    if t.starts_with('[') || t.starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<Value>(t) {
-            return v;
-        }
+    if (t.starts_with('[') || t.starts_with('{'))
+        && let Ok(v) = serde_json::from_str::<Value>(t)
+    {
+        return v;
     }
     Value::String(v.to_owned())
 }

@@ -17,7 +17,7 @@ use crate::backend::{
 };
 use crate::body::{ProxyBody, Tracker};
 use crate::config::RoutingConfig;
-use crate::error::{ConfigError, ProxyError, UpstreamError};
+use crate::error::{ConfigError, ProxyError, UpstreamError, UpstreamErrorKind};
 use crate::health::{AlwaysAvailable, AttemptOutcome, EndpointHealth};
 use crate::observer::{AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ObserverSet};
 use crate::protocol::Frontend;
@@ -223,7 +223,24 @@ impl Pipeline {
                 &backend_request.body,
             );
             let sent = Instant::now();
-            match backend.send(backend_request).await {
+            let mut result = backend.send(backend_request).await;
+            if let Ok(response) = result {
+                self.observers.on_backend_response_head(
+                    &ctx,
+                    &attempt,
+                    response.status,
+                    &response.headers,
+                    Instant::now(),
+                );
+                result =
+                    if facts.stream || !response.status.is_success() || !is_json(&response.headers)
+                    {
+                        Ok(response)
+                    } else {
+                        self.buffer_json(&ctx, &attempt, response).await
+                    };
+            }
+            match result {
                 Err(err) => {
                     let now = Instant::now();
                     tracker.upstream_time += now.saturating_duration_since(sent);
@@ -240,14 +257,6 @@ impl Pipeline {
                 }
                 Ok(response) => {
                     let status = response.status.as_u16();
-                    let now = Instant::now();
-                    self.observers.on_backend_response_head(
-                        &ctx,
-                        &attempt,
-                        response.status,
-                        &response.headers,
-                        now,
-                    );
                     let retryable = status >= 500 || status == 429;
                     let result = match status {
                         429 => "status_429",
@@ -270,7 +279,7 @@ impl Pipeline {
                         tracing::warn!(backend = %target.backend, status, "upstream answered with a retryable status; trying next target");
                         last_error = Some(UpstreamError::new(
                             target.backend.to_string(),
-                            crate::error::UpstreamErrorKind::InvalidResponse,
+                            UpstreamErrorKind::InvalidResponse,
                             format!("answered HTTP {status}"),
                         ));
                         continue;
@@ -331,6 +340,53 @@ impl Pipeline {
         Ok(available)
     }
 
+    /// Reads a complete (non-streaming) JSON answer and checks that it parses,
+    /// so upstream garbage becomes a 502 (or a failover) instead of reaching
+    /// the client. JSON answers arrive whole anyway: this costs no latency.
+    async fn buffer_json(
+        &self,
+        ctx: &ExchangeContext,
+        attempt: &AttemptInfo,
+        response: BackendResponse,
+    ) -> Result<BackendResponse, UpstreamError> {
+        let BackendResponse {
+            status,
+            headers,
+            mut body,
+        } = response;
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            if let Some(data) = frame.data_ref() {
+                if collected.len() + data.len() > MAX_JSON_RESPONSE_BYTES {
+                    return Err(UpstreamError::new(
+                        attempt.backend.to_string(),
+                        UpstreamErrorKind::InvalidResponse,
+                        format!("JSON response larger than {MAX_JSON_RESPONSE_BYTES} bytes"),
+                    ));
+                }
+                collected.extend_from_slice(data);
+            }
+        }
+        let collected = collected.freeze();
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&collected) {
+            self.observers
+                .on_backend_response_chunk(ctx, attempt, &collected, Instant::now());
+            return Err(UpstreamError::new(
+                attempt.backend.to_string(),
+                UpstreamErrorKind::InvalidResponse,
+                format!("upstream sent malformed JSON: {e}"),
+            ));
+        }
+        Ok(BackendResponse {
+            status,
+            headers,
+            body: Full::new(collected)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        })
+    }
+
     /// Reads (and reports) the body of a response we are not forwarding.
     async fn drain_failed(
         &self,
@@ -383,6 +439,20 @@ impl Pipeline {
         *response.headers_mut() = headers;
         response
     }
+}
+
+/// Largest non-streaming JSON answer the proxy accepts from an upstream.
+const MAX_JSON_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
 }
 
 fn insert_request_id(headers: &mut HeaderMap, id: &str) {

@@ -225,21 +225,13 @@ pub(crate) fn content_text(content: Option<&Value>) -> String {
 
 fn collect_text<'v>(content: Option<&'v Value>, out: &mut Vec<&'v str>) {
     match content {
-        Some(Value::String(text)) => {
-            if !text.is_empty() {
-                out.push(text);
-            }
-        }
+        Some(Value::String(text)) if !text.is_empty() => out.push(text),
         Some(Value::Array(items)) => {
             for item in items {
                 match item {
                     Value::String(_) => collect_text(Some(item), out),
                     Value::Object(part) => {
-                        if let Some(Value::String(text)) = part.get("text") {
-                            if !text.is_empty() {
-                                out.push(text);
-                            }
-                        }
+                        collect_text(part.get("text"), out);
                         collect_text(part.get("content"), out);
                         collect_text(part.get("output"), out);
                     }

@@ -134,7 +134,12 @@ pub(crate) fn stream(r: &Render<'_>) -> Vec<Bytes> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 mod tests {
     use crate::Frontend;
     use crate::mock::{DEFAULT_ANSWER, MockOptions, MockReply, reply};
