@@ -1,0 +1,270 @@
+//! The real binary, as a user runs it: zero-config start, refusal to expose
+//! itself without keys, config precedence, and draining on SIGTERM.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
+
+/// A running `llm-proxy` process.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("API_KEYS")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LLM_PROXY__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Starts the binary and waits for its ready line.
+fn start(mut cmd: Command) -> Running {
+    let mut child = cmd.spawn().expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line);
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("llm-proxy listening on http://") {
+                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let logs: Vec<String> = err_rx.try_iter().collect();
+            panic!("no ready line; stderr:\n{}", logs.join("\n"));
+        }
+    };
+    Running {
+        child,
+        addr,
+        stderr: err_rx,
+    }
+}
+
+/// Runs the binary expecting it to exit; returns (exit code, stderr).
+fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the binary did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP/1.1 POST over a fresh connection; returns the raw response text.
+fn post_raw(addr: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+fn read_all(mut s: TcpStream) -> String {
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The JSON body of a response with `Content-Length` (the proxy sends one for JSON).
+fn json_body(raw: &str) -> serde_json::Value {
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {raw}"))
+}
+
+#[test]
+fn zero_config_start_serves_the_mock_backend() {
+    let proxy = start(command(&["--port", "0"]));
+    assert!(proxy.addr.ip().is_loopback());
+    let raw = read_all(post_raw(
+        proxy.addr,
+        "/v1/chat/completions",
+        r#"{"model":"mock:echo","messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    ));
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let v = json_body(&raw);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "hi");
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn non_loopback_without_keys_refuses_to_start_and_says_how_to_fix_it() {
+    let (code, err) = run_to_exit(command(&["--host", "0.0.0.0", "--port", "0"]));
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("refusing to listen on non-loopback address"),
+        "{err}"
+    );
+    assert!(err.contains("API_KEYS"), "{err}");
+
+    let mut cmd = command(&["--host", "0.0.0.0", "--port", "0", "--disable-auth"]);
+    cmd.env("API_KEYS", "k1");
+    let (code, err) = run_to_exit(cmd);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("auth.disable_auth"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(&file, "port = 0\n[upstream]\nconnect_timeout = 3\n").unwrap();
+    let (code, err) = run_to_exit(command(&["--config", file.to_str().unwrap()]));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("upstream.connect_timeout"), "{err}");
+    assert!(err.contains("proxy.toml"), "{err}");
+}
+
+#[test]
+fn file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.yaml");
+    std::fs::write(&file, "host: 127.0.0.2\nport: 0\n").unwrap();
+    let path = file.to_str().unwrap();
+
+    let p = start(command(&["--config", path]));
+    assert_eq!(p.addr.ip().to_string(), "127.0.0.2");
+    drop(p);
+
+    let mut cmd = command(&["--config", path]);
+    cmd.env("LLM_PROXY__HOST", "127.0.0.3");
+    let p = start(cmd);
+    assert_eq!(p.addr.ip().to_string(), "127.0.0.3");
+    drop(p);
+
+    let mut cmd = command(&["--config", path, "--host", "127.0.0.4"]);
+    cmd.env("LLM_PROXY__HOST", "127.0.0.3");
+    let p = start(cmd);
+    assert_eq!(p.addr.ip().to_string(), "127.0.0.4");
+}
+
+#[test]
+fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = runtime.block_on(async {
+        llm_proxy_testkit::MockUpstream::start(Default::default())
+            .await
+            .unwrap()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "port = 0\nshutdown_grace_seconds = 20\n[backends.up]\ntype = \"openai\"\napi_url = \"{}\"\n",
+            upstream.base_url()
+        ),
+    )
+    .unwrap();
+    let mut proxy = start(command(&["--config", file.to_str().unwrap()]));
+    let addr = proxy.addr;
+    let mut stream = post_raw(
+        addr,
+        "/v1/chat/completions",
+        r#"{"model":"up:echo","stream":true,"messages":[{"role":"user","content":"one two three four five six"}]}"#,
+        &[
+            ("x-mock-inter-chunk-delay-ms", "150"),
+            ("x-mock-chunks", "6"),
+        ],
+    );
+    // Wait for the first bytes of the stream, then ask the proxy to stop.
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    received.extend_from_slice(&buf[..n]);
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"));
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // New connections are refused once the listener is closed.
+    let refused = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        TcpStream::connect(addr).is_err()
+    });
+    assert!(refused, "listener still accepting after SIGTERM");
+    // The open stream still runs to its end.
+    stream.read_to_end(&mut received).unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("data: [DONE]"), "stream cut short: {text}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = proxy.child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let logs: Vec<String> = proxy.stderr.try_iter().collect();
+    assert_eq!(code, Some(0), "exit code; stderr:\n{}", logs.join("\n"));
+    assert!(logs.iter().any(|l| l.contains("SIGTERM")), "{logs:?}");
+}
