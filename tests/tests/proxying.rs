@@ -413,3 +413,58 @@ async fn models_lists_routable_targets() {
     assert!(ids.contains(&"fast".to_owned()), "{ids:?}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_stream_ends_with_an_error_event_after_the_idle_timeout() {
+    let up = mock().await;
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    c.backends
+        .get_mut("openai")
+        .unwrap()
+        .upstream
+        .idle_timeout_seconds = Some(0.5);
+    let proxy = Proxy::start(c).await;
+    let started = std::time::Instant::now();
+    let s = post_stream(
+        &proxy.url("/v1/chat/completions"),
+        &chat("openai:echo", "a b c", true),
+        &[("x-mock-inter-chunk-delay-ms", "3000")],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut off by the idle timeout"
+    );
+    let events = sse_events(&s.text());
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    assert_eq!(last["error"]["type"], "timeout_error", "{last}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    use http_body_util::{BodyExt, Full};
+    let up = mock().await;
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    let proxy = Proxy::start(c).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(chat(
+            "openai:echo",
+            "over h2",
+            true,
+        ))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("data: [DONE]"));
+    proxy.stop().await;
+}
