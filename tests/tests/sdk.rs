@@ -43,7 +43,8 @@ fn workspace_root() -> PathBuf {
 fn python() -> PathBuf {
     let hint = "run `scripts/test.sh` (it creates .venv with tests/py/requirements.txt)";
     if let Some(p) = std::env::var_os("LLM_PROXY_TEST_PYTHON") {
-        let p = PathBuf::from(p);
+        // A relative path is taken from the workspace root (cargo runs tests in `tests/`).
+        let p = workspace_root().join(p);
         assert!(
             p.exists(),
             "LLM_PROXY_TEST_PYTHON={} does not exist; {hint}",
