@@ -307,4 +307,35 @@ async fn every_leg_is_reported_in_order_and_the_end_exactly_once() {
         Completion::Incomplete(IncompleteReason::ClientDisconnect)
     );
     assert_eq!(rec.outcomes.lock().unwrap().len(), 1);
+
+    rec.clear();
+
+    // The client walks away before any response head exists.
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = chat("up:echo", "hi", false);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-mock-fault: hang\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || up.requests().len() >= 4).await,
+        "request reached the upstream"
+    );
+    drop(sock);
+    assert!(
+        eventually(Duration::from_secs(3), || !rec
+            .outcomes
+            .lock()
+            .unwrap()
+            .is_empty())
+        .await,
+        "an exchange abandoned before its head is still reported"
+    );
+    let outcome = rec.outcomes.lock().unwrap()[0].clone();
+    assert_eq!(
+        outcome.completion,
+        Completion::Incomplete(IncompleteReason::ClientDisconnect)
+    );
+    assert_eq!(outcome.status, 499);
 }

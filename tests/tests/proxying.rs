@@ -468,3 +468,51 @@ async fn h2c_clients_are_served() {
     assert!(String::from_utf8_lossy(&body).contains("data: [DONE]"));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn the_in_process_mock_backend_honours_timeouts_and_faults() {
+    let mut c = base_config();
+    c.backends.insert(
+        "mock".into(),
+        llm_proxy_core::BackendConfig::new(BackendType::Mock),
+    );
+    c.backends
+        .get_mut("mock")
+        .unwrap()
+        .upstream
+        .first_byte_timeout_seconds = Some(0.5);
+    c.default_backend = Some("mock".into());
+    let proxy = Proxy::start(c).await;
+    let url = proxy.url("/v1/chat/completions");
+    let r = post(&url, &chat("mock:echo+fault-hang", "hi", false), &[]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    let r = post(
+        &url,
+        &chat("mock:echo", "hi", false),
+        &[("x-mock-fault", "429")],
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = post(
+        &url,
+        &chat("mock:echo", "hi", false),
+        &[("x-mock-fault", "malformed")],
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let s = post_stream(
+        &url,
+        &chat("mock:echo", "a b c d e f", true),
+        &[("x-mock-fault", "reset")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let last: serde_json::Value =
+        serde_json::from_str(&sse_events(&s.text()).last().unwrap().1).unwrap();
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("reset"),
+        "{last}"
+    );
+    proxy.stop().await;
+}

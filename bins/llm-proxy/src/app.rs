@@ -66,14 +66,18 @@ impl App {
 /// Subsystems whose configuration loads but which this build does not run yet:
 /// say so once at start-up rather than pretend.
 fn report_pending_subsystems(config: &AppConfig) {
-    if config.wire_capture.enabled {
-        tracing::warn!(
-            "wire_capture.enabled is set, but wire capture is not part of this build yet"
-        );
-    }
-    if config.replacement.enabled {
-        tracing::warn!(
-            "replacement.enabled is set, but model replacement is not part of this build yet"
-        );
+    let pending = [
+        ("health_check", config.health_check.enabled),
+        ("usage_tracking", config.usage_tracking.enabled),
+        ("wire_capture", config.wire_capture.enabled),
+        ("replacement", config.replacement.enabled),
+    ];
+    for (section, enabled) in pending {
+        if enabled {
+            tracing::info!(
+                section,
+                "configuration accepted; this subsystem is not part of this build yet"
+            );
+        }
     }
 }

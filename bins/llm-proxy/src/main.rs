@@ -34,7 +34,10 @@ fn main() -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(&e),
         };
-        let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS_SECONDS)
+            .and_then(|b| b.install_recorder())
+        {
             Ok(handle) => Some(Arc::new(move || handle.render()) as llm_proxy_api::MetricsRender),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
@@ -55,6 +58,13 @@ fn main() -> ExitCode {
         }
     })
 }
+
+/// Histogram buckets for every latency metric: 1 ms to 5 min. Histograms
+/// (not summaries) so several instances can be aggregated.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     tracing::error!("{error}");
@@ -80,6 +90,8 @@ fn announce(addr: std::net::SocketAddr) {
     }
 }
 
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once,
+/// without waiting for the drain.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = match (
@@ -94,7 +106,15 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received; draining (send it again to exit now)"),
+        _ = int.recv() => tracing::info!("SIGINT received; draining (press Ctrl-C again to exit now)"),
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for open requests");
+        std::process::exit(130);
+    });
 }

@@ -90,26 +90,61 @@ pub enum SettingsError {
     Invalid(#[from] llm_proxy_core::ConfigError),
 }
 
+/// Whether an environment value is taken as typed (`true`, `3`, `0.5`) or
+/// always as text (paths, where `2024` is a directory, not a number).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EnvValue {
+    Typed,
+    Text,
+}
+
 /// Seed environment names and the key each sets.
-const SEED_ENV: &[(&str, &str)] = &[
-    ("USAGE_TRACKING_ENABLED", "usage_tracking.enabled"),
+const SEED_ENV: &[(&str, &str, EnvValue)] = &[
+    (
+        "USAGE_TRACKING_ENABLED",
+        "usage_tracking.enabled",
+        EnvValue::Typed,
+    ),
     (
         "USAGE_TRACKING_PERSISTENCE_PATH",
         "usage_tracking.persistence_path",
+        EnvValue::Text,
     ),
     (
         "USAGE_TRACKING_FLUSH_INTERVAL_SECONDS",
         "usage_tracking.flush_interval_seconds",
+        EnvValue::Typed,
     ),
     (
         "USAGE_TRACKING_MAX_RECORDS_IN_MEMORY",
         "usage_tracking.max_records_in_memory",
+        EnvValue::Typed,
     ),
-    ("WIRE_CAPTURE_ENABLED", "wire_capture.enabled"),
-    ("WIRE_CAPTURE_OUTPUT_DIR", "wire_capture.output_dir"),
-    ("REPLACEMENT_ENABLED", "replacement.enabled"),
-    ("REPLACEMENT_PROBABILITY", "replacement.probability"),
-    ("REPLACEMENT_TURN_COUNT", "replacement.turn_count"),
+    (
+        "WIRE_CAPTURE_ENABLED",
+        "wire_capture.enabled",
+        EnvValue::Typed,
+    ),
+    (
+        "WIRE_CAPTURE_OUTPUT_DIR",
+        "wire_capture.output_dir",
+        EnvValue::Text,
+    ),
+    (
+        "REPLACEMENT_ENABLED",
+        "replacement.enabled",
+        EnvValue::Typed,
+    ),
+    (
+        "REPLACEMENT_PROBABILITY",
+        "replacement.probability",
+        EnvValue::Typed,
+    ),
+    (
+        "REPLACEMENT_TURN_COUNT",
+        "replacement.turn_count",
+        EnvValue::Typed,
+    ),
 ];
 
 /// Loads the configuration from `args.config`, the process environment and `args`.
@@ -200,10 +235,14 @@ impl figment::Provider for Named {
 fn seed_env(env: &[(String, String)]) -> Result<Value, SettingsError> {
     let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let mut root = json!({});
-    for (name, key) in SEED_ENV {
+    for (name, key, kind) in SEED_ENV {
         if let Some(v) = get(name) {
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            set_path(&mut root, &path, scalar(v));
+            let value = match kind {
+                EnvValue::Typed => scalar(v),
+                EnvValue::Text => Value::String(v.to_owned()),
+            };
+            set_path(&mut root, &path, value);
         }
     }
     if let Some(keys) = get("API_KEYS") {
@@ -213,11 +252,14 @@ fn seed_env(env: &[(String, String)]) -> Result<Value, SettingsError> {
             .filter(|k| !k.is_empty())
             .map(|k| Value::String(k.to_owned()))
             .collect();
-        set_path(
-            &mut root,
-            &["auth".into(), "api_keys".into()],
-            Value::Array(keys),
-        );
+        // An empty API_KEYS must not quietly wipe keys set in the config file.
+        if !keys.is_empty() {
+            set_path(
+                &mut root,
+                &["auth".into(), "api_keys".into()],
+                Value::Array(keys),
+            );
+        }
     }
     if let Some(rules) = get("REPLACEMENT_RULES") {
         let rules: Vec<ReplacementRule> = serde_json::from_str(rules).map_err(|e| {
@@ -297,9 +339,15 @@ fn parse_rule(raw: &str) -> Result<ReplacementRule, SettingsError> {
     })
 }
 
-/// An environment value as the JSON scalar it spells (bool, number), else a string.
+/// An environment value as the JSON value it spells (bool, number, JSON
+/// list/object, or a JSON-quoted string such as `"2024"`), else the text itself.
 fn scalar(v: &str) -> Value {
     let t = v.trim();
+    if t.starts_with('"')
+        && let Ok(s) = serde_json::from_str::<String>(t)
+    {
+        return Value::String(s);
+    }
     match t {
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
@@ -355,8 +403,10 @@ fn describe(error: figment::Error) -> String {
             .unwrap_or_default();
         let kind = e.kind.to_string();
         // For an unknown field the path is its parent; name the field itself.
+        // For an unknown field, figment's path may or may not end with the field.
         let key = match &e.kind {
-            figment::error::Kind::UnknownField(field, _) if key == "(top level)" => field.clone(),
+            figment::error::Kind::UnknownField(field, _) if e.path.last() == Some(field) => key,
+            figment::error::Kind::UnknownField(field, _) if e.path.is_empty() => field.clone(),
             figment::error::Kind::UnknownField(field, _) => format!("{key}.{field}"),
             _ => key,
         };
@@ -548,7 +598,8 @@ mod tests {
             ..ServeArgs::default()
         };
         let err = load_from(&args, &[]).unwrap_err().to_string();
-        assert!(err.contains("usage_tracking.flush_every"), "{err}");
+        assert!(err.contains("usage_tracking.flush_every:"), "{err}");
+        assert!(!err.contains("flush_every.flush_every"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
         let err = load_from(&ServeArgs::default(), &env(&[("LLM_PROXY__PROT", "1")]))
             .unwrap_err()
@@ -632,6 +683,16 @@ wire_capture:
         let c = load_from(&args, &e).unwrap();
         assert!(c.replacement.enabled);
         assert_eq!(c.replacement.replacement_rules[0].from_pattern, "gpt");
+        // Paths stay text even when they look like numbers; an empty API_KEYS changes nothing.
+        let e = env(&[
+            ("WIRE_CAPTURE_OUTPUT_DIR", "2024"),
+            ("API_KEYS", " , "),
+            ("LLM_PROXY__DEFAULT_BACKEND", "\"123\""),
+        ]);
+        let c = load_from(&ServeArgs::default(), &e).unwrap();
+        assert_eq!(c.wire_capture.output_dir, "2024");
+        assert!(c.auth.api_keys.is_empty());
+        assert_eq!(c.default_backend.as_deref(), Some("123"));
         let bad = ServeArgs {
             replacement_rules: vec!["nonsense".into()],
             ..ServeArgs::default()

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use llm_proxy_core::telemetry;
 use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, ServerConfig};
@@ -77,7 +78,7 @@ impl Authenticator {
         if let Some(index) = presented.and_then(|p| self.find_key(p.as_bytes())) {
             return AuthDecision::Allowed(Some(format!("key-{}", index + 1)));
         }
-        metrics::counter!("llm_proxy_auth_failures_total").increment(1);
+        metrics::counter!(telemetry::AUTH_FAILURES_TOTAL).increment(1);
         match self.record_failure(client, now) {
             Some(wait) => AuthDecision::LockedOut(wait),
             None => AuthDecision::Denied,
@@ -137,7 +138,7 @@ impl Authenticator {
         entry.count += 1;
         if entry.count >= self.max_failures {
             entry.locked_until = Some(now + self.lockout);
-            metrics::counter!("llm_proxy_auth_lockouts_total").increment(1);
+            metrics::counter!(telemetry::AUTH_LOCKOUTS_TOTAL).increment(1);
             tracing::warn!(client = %client, failures = entry.count, "client locked out after repeated auth failures");
             return Some(self.lockout);
         }

@@ -13,7 +13,7 @@ use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use llm_proxy_core::{ClientRequest, Frontend, Pipeline};
+use llm_proxy_core::{ClientRequest, Frontend, Pipeline, telemetry};
 
 use crate::auth::{AuthDecision, Authenticator};
 use crate::config::ServerConfig;
@@ -99,12 +99,12 @@ pub(crate) async fn dispatch(
     let response = route_request(&state, request, remote, frontend, received, received_at).await;
     let status = response.status().as_u16();
     metrics::counter!(
-        "llm_proxy_http_requests_total",
+        telemetry::HTTP_REQUESTS_TOTAL,
         "route" => route,
-        "status_class" => llm_proxy_core::telemetry::status_class(status),
+        "status_class" => telemetry::status_class(status),
     )
     .increment(1);
-    metrics::histogram!("llm_proxy_http_response_head_seconds", "route" => route)
+    metrics::histogram!(telemetry::HTTP_RESPONSE_HEAD_SECONDS, "route" => route)
         .record(received.elapsed().as_secs_f64());
     Ok(response)
 }
@@ -149,7 +149,7 @@ async fn route_request(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed authentication attempts from this address; retry later",
             );
-            let secs = wait.as_secs().max(1).to_string();
+            let secs = wait.as_secs_f64().ceil().max(1.0).to_string();
             if let Ok(v) = HeaderValue::from_str(&secs) {
                 r.headers_mut().insert(http::header::RETRY_AFTER, v);
             }

@@ -98,7 +98,6 @@ impl ApiServer {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let graceful = GracefulShutdown::new();
-        let first_bytes_timeout = ServerConfig::secs(state.config.header_read_timeout_seconds);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -127,7 +126,6 @@ impl ApiServer {
             }
         }
         drop(listener);
-        let _ = first_bytes_timeout;
         let grace = ServerConfig::secs(state.config.shutdown_grace_seconds);
         tracing::info!(
             grace_seconds = grace.as_secs_f64(),

@@ -21,7 +21,13 @@ use crate::observer::{
 };
 use crate::telemetry;
 
-/// Book-keeping for one exchange until its end is reported.
+/// Status recorded when the client went away before a response head existed
+/// (the nginx convention for "client closed request").
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Book-keeping for one exchange until its end is reported. Reporting happens
+/// exactly once: explicitly, or on drop (the client went away — the request
+/// future or the response body was dropped unfinished).
 pub(crate) struct Tracker {
     pub ctx: Arc<ExchangeContext>,
     pub observers: ObserverSet,
@@ -38,10 +44,38 @@ pub(crate) struct Tracker {
     /// Completion reported when the body ends cleanly.
     pub clean_end: Completion,
     pub error: Option<String>,
+    pub reported: bool,
 }
 
 impl Tracker {
-    fn finish(mut self, completion: Completion, at: Instant) {
+    /// A tracker for a new exchange; nothing served yet.
+    pub(crate) fn new(
+        ctx: Arc<ExchangeContext>,
+        observers: ObserverSet,
+        health: Arc<dyn EndpointHealth>,
+    ) -> Tracker {
+        Tracker {
+            ctx,
+            observers,
+            health,
+            served_by: None,
+            attempts: 0,
+            status: CLIENT_CLOSED_REQUEST,
+            upstream_time: Duration::ZERO,
+            sent_at: None,
+            ttft: None,
+            clean_end: Completion::Completed,
+            error: None,
+            reported: false,
+        }
+    }
+
+    /// Reports the end of the exchange; later calls do nothing.
+    pub(crate) fn finish(&mut self, completion: Completion, at: Instant) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
         if let Some(sent) = self.sent_at {
             self.upstream_time += at.saturating_duration_since(sent);
         }
@@ -93,6 +127,17 @@ impl Tracker {
             ),
         }
         self.observers.on_exchange_end(&self.ctx, &outcome);
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.finish(
+                Completion::Incomplete(IncompleteReason::ClientDisconnect),
+                Instant::now(),
+            );
+        }
     }
 }
 
@@ -165,7 +210,7 @@ impl ProxyBody {
 
     fn finish(&mut self, completion: Completion, at: Instant) {
         self.done = true;
-        if let Some(t) = self.tracker.take() {
+        if let Some(mut t) = self.tracker.take() {
             t.finish(completion, at);
         }
     }
@@ -264,17 +309,6 @@ impl Body for ProxyBody {
             SizeHint::default()
         } else {
             self.inner.size_hint()
-        }
-    }
-}
-
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        if self.tracker.is_some() {
-            self.finish(
-                Completion::Incomplete(IncompleteReason::ClientDisconnect),
-                Instant::now(),
-            );
         }
     }
 }

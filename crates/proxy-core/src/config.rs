@@ -67,7 +67,8 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Longest wait for a TCP (+TLS) connection.
+    /// Longest wait for the TCP connection (the TLS handshake counts
+    /// towards the first-byte timeout).
     pub connect_timeout_seconds: f64,
     /// Longest wait from sending the request to the response head.
     pub first_byte_timeout_seconds: f64,

@@ -119,7 +119,10 @@ impl Pipeline {
         for (name, b) in &self.config.backends {
             let models: Vec<String> =
                 if b.models.is_empty() && b.backend_type == crate::config::BackendType::Mock {
-                    vec!["echo".into(), "mock-1".into()]
+                    crate::mock::MOCK_MODELS
+                        .iter()
+                        .map(|m| (*m).to_owned())
+                        .collect()
                 } else {
                     b.models.clone()
                 };
@@ -166,19 +169,9 @@ impl Pipeline {
             &request.headers,
             &request.body,
         );
-        let mut tracker = Tracker {
-            ctx: ctx.clone(),
-            observers: self.observers.clone(),
-            health: self.health.clone(),
-            served_by: None,
-            attempts: 0,
-            status: 0,
-            upstream_time: Duration::ZERO,
-            sent_at: None,
-            ttft: None,
-            clean_end: Completion::Completed,
-            error: None,
-        };
+        // Dropped with this future if the client leaves early: then it
+        // reports the exchange as abandoned.
+        let mut tracker = Tracker::new(ctx.clone(), self.observers.clone(), self.health.clone());
         let facts = match facts {
             Ok(f) => f,
             Err(e) => return error_response(tracker, &e),

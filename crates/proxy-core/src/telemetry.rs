@@ -15,6 +15,15 @@ pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "llm_proxy_upstream_attempts_total";
 /// Failovers to the next route target, by `from_backend`.
 pub const FAILOVERS_TOTAL: &str = "llm_proxy_failovers_total";
 
+/// HTTP requests of any route, by `route` (a fixed set) and `status_class`.
+pub const HTTP_REQUESTS_TOTAL: &str = "llm_proxy_http_requests_total";
+/// Receipt → response head, by `route`.
+pub const HTTP_RESPONSE_HEAD_SECONDS: &str = "llm_proxy_http_response_head_seconds";
+/// Requests with a missing or wrong proxy API key.
+pub const AUTH_FAILURES_TOTAL: &str = "llm_proxy_auth_failures_total";
+/// Client addresses locked out by the brute-force guard.
+pub const AUTH_LOCKOUTS_TOTAL: &str = "llm_proxy_auth_lockouts_total";
+
 /// `2xx`, `4xx`, … for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {

@@ -196,6 +196,14 @@ impl Backend for HttpBackend {
                 Ok(Ok(r)) => r,
             };
             let (parts, body) = response.into_parts();
+            let name = self.name.clone();
+            let body = body.map_err(move |e| {
+                UpstreamError::new(
+                    name.to_string(),
+                    UpstreamErrorKind::Protocol,
+                    format!("response body broke off: {}", error_chain(&e)),
+                )
+            });
             let body = IdleTimeoutBody::new(body, self.timeouts.idle, self.name.clone());
             Ok(BackendResponse {
                 status: parts.status,

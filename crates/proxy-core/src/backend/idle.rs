@@ -1,5 +1,6 @@
 //! A body wrapper that fails when the upstream goes silent too long.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,8 +37,7 @@ impl<B> IdleTimeoutBody<B> {
 
 impl<B> Body for IdleTimeoutBody<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error = UpstreamError> + Unpin,
 {
     type Data = Bytes;
     type Error = UpstreamError;
@@ -58,11 +58,7 @@ where
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
-                Poll::Ready(Some(Err(UpstreamError::new(
-                    this.backend.to_string(),
-                    UpstreamErrorKind::Protocol,
-                    format!("response body broke off: {e}"),
-                ))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.done = true;
@@ -90,5 +86,3 @@ where
         self.inner.size_hint()
     }
 }
-
-use std::future::Future as _;

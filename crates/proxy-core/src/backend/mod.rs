@@ -84,7 +84,7 @@ pub fn build(
     defaults: &UpstreamConfig,
 ) -> Result<Arc<dyn Backend>, ConfigError> {
     Ok(match config.backend_type {
-        BackendType::Mock => Arc::new(MockBackend::new(name)),
+        BackendType::Mock => Arc::new(MockBackend::new(name, config.timeouts(defaults))),
         BackendType::OpenAi | BackendType::Anthropic => {
             Arc::new(HttpBackend::new(name, config, defaults)?)
         }
