@@ -516,3 +516,37 @@ async fn the_in_process_mock_backend_honours_timeouts_and_faults() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_backend_of_the_other_protocol_is_refused_with_a_clear_400() {
+    let up = mock().await;
+    let mut c = base_config();
+    add_backend(&mut c, "claude", BackendType::Anthropic, &up.base_url());
+    add_backend(&mut c, "gpt", BackendType::OpenAi, &up.base_url());
+    c.failover_routes
+        .insert("mixed".into(), vec!["claude:m".into(), "gpt:m".into()]);
+    let proxy = Proxy::start(c).await;
+    let r = post(
+        &proxy.url("/v1/chat/completions"),
+        &chat("claude:m", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("OpenAI chat") && message.contains("claude (anthropic)"),
+        "{message}"
+    );
+    // In a mixed route the matching backend serves it.
+    let r = post(
+        &proxy.url("/v1/chat/completions"),
+        &chat("mixed", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.requests().len(), 1);
+    assert_eq!(up.requests()[0].path, "/v1/chat/completions");
+    proxy.stop().await;
+}

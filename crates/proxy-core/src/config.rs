@@ -35,6 +35,20 @@ impl BackendType {
     }
 }
 
+impl BackendType {
+    /// Whether this backend type speaks the protocol of `frontend` natively.
+    pub fn serves(self, frontend: crate::protocol::Frontend) -> bool {
+        use crate::protocol::Frontend;
+        match self {
+            BackendType::Mock => true,
+            BackendType::OpenAi => {
+                matches!(frontend, Frontend::OpenAiChat | Frontend::OpenAiResponses)
+            }
+            BackendType::Anthropic => frontend == Frontend::AnthropicMessages,
+        }
+    }
+}
+
 impl fmt::Display for BackendType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -318,6 +318,37 @@ impl Pipeline {
                 }
             }
         }
+        // Until cross-protocol translation exists, a backend only serves its own protocol.
+        let count = planned.len();
+        planned.retain(|(t, _)| {
+            self.backends
+                .get(&t.backend)
+                .is_some_and(|b| b.backend_type().serves(request.frontend))
+        });
+        if planned.is_empty() {
+            let kinds: Vec<String> = self
+                .router
+                .plan(&facts.model)?
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    self.backends
+                        .get(&t.backend)
+                        .map(|b| format!("{} ({})", t.backend, b.backend_type()))
+                })
+                .collect();
+            return Err(ProxyError::BadRequest(format!(
+                "{} requests cannot be served by {}: translation between the OpenAI and Anthropic protocols is not supported yet",
+                request.frontend.describe(),
+                kinds.join(", ")
+            )));
+        }
+        if planned.len() < count {
+            tracing::debug!(
+                skipped = count - planned.len(),
+                "skipped targets of another protocol"
+            );
+        }
         let available: Vec<(Target, bool)> = planned
             .iter()
             .filter(|(t, _)| self.health.is_available(&t.backend))

@@ -28,6 +28,15 @@ impl Frontend {
         }
     }
 
+    /// A human name for messages: `OpenAI chat`, `Anthropic messages`, `OpenAI responses`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Frontend::OpenAiChat => "OpenAI chat",
+            Frontend::AnthropicMessages => "Anthropic messages",
+            Frontend::OpenAiResponses => "OpenAI responses",
+        }
+    }
+
     /// The route path (relative to the API version prefix) for this protocol.
     pub fn upstream_path(self) -> &'static str {
         match self {
