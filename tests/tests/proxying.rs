@@ -86,9 +86,15 @@ async fn stream_chunks_reach_the_client_as_the_upstream_sends_them() {
     let mut c = base_config();
     add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
     let proxy = Proxy::start(c).await;
+    // The client asks for usage itself, so every upstream event is forwarded.
+    let body = serde_json::json!({
+        "model": "openai:echo", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "a b c d e f"}],
+    })
+    .to_string();
     let s = post_stream(
         &proxy.url("/v1/chat/completions"),
-        &chat("openai:echo", "a b c d e f", true),
+        &body,
         &[
             ("x-mock-inter-chunk-delay-ms", "200"),
             ("x-mock-chunks", "4"),
@@ -548,5 +554,44 @@ async fn a_backend_of_the_other_protocol_is_refused_with_a_clear_400() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(up.requests().len(), 1);
     assert_eq!(up.requests()[0].path, "/v1/chat/completions");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn stream_usage_is_always_requested_but_only_shown_when_asked_for() {
+    let up = mock().await;
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    let proxy = Proxy::start(c).await;
+    let url = proxy.url("/v1/chat/completions");
+    let has_usage_chunk = |text: &str| {
+        sse_events(text).iter().any(|(_, d)| {
+            serde_json::from_str::<serde_json::Value>(d).is_ok_and(|v| {
+                v["choices"].as_array().is_some_and(Vec::is_empty) && v["usage"].is_object()
+            })
+        })
+    };
+
+    // The client did not ask: upstream is asked anyway, the client never sees it.
+    let s = post_stream(
+        &url,
+        &chat("openai:echo", "one two", true),
+        &[],
+        Duration::from_secs(10),
+    )
+    .await;
+    let upstream_body = up.requests()[0].json().unwrap();
+    assert_eq!(upstream_body["stream_options"]["include_usage"], true);
+    assert!(!has_usage_chunk(&s.text()), "{}", s.text());
+    assert!(s.text().ends_with("data: [DONE]\n\n"));
+
+    // The client asked: it gets the usage chunk, and the body went upstream unchanged.
+    let body = serde_json::json!({
+        "model": "openai:echo", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "one two"}],
+    })
+    .to_string();
+    let s = post_stream(&url, &body, &[], Duration::from_secs(10)).await;
+    assert!(has_usage_chunk(&s.text()), "{}", s.text());
     proxy.stop().await;
 }

@@ -2,7 +2,6 @@
 //! handlers, and the edge errors (401, 404, 413, 429) in the route's style.
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -10,27 +9,16 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use llm_proxy_core::{ClientRequest, Frontend, Pipeline, telemetry};
 
 use crate::auth::{AuthDecision, Authenticator};
 use crate::config::ServerConfig;
 
-/// Error type of response bodies.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-/// The body of every response the server sends.
-pub type ApiBody = UnsyncBoxBody<Bytes, BoxError>;
-/// A boxed future returned by route handlers.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// A management route handler (`/v1/usage/*`, `/internal/health`, …).
-/// Gets the request with its body read; answers with any body (streams allowed).
-pub trait RouteHandler: Send + Sync + 'static {
-    /// Serves one request.
-    fn handle(&self, request: Request<Bytes>) -> BoxFuture<'_, Response<ApiBody>>;
-}
+pub use llm_proxy_core::handler::{
+    ApiBody, BoxError, BoxFuture, RouteHandler, full, json_response,
+};
 
 /// Renders the Prometheus exposition text for `/metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -42,24 +30,6 @@ pub(crate) struct AppState {
     pub config: ServerConfig,
     pub metrics: Option<MetricsRender>,
     pub management: Vec<(Method, String, Arc<dyn RouteHandler>)>,
-}
-
-/// A full JSON response.
-pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ApiBody> {
-    let mut r = Response::new(full(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// A full body, boxed.
-pub fn full(bytes: Bytes) -> ApiBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// An error in the route's protocol style (OpenAI style for non-LLM routes).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::backend::UpstreamBody;
@@ -20,6 +20,7 @@ use crate::observer::{
     ObserverSet,
 };
 use crate::telemetry;
+use crate::usage_strip::UsageChunkStripper;
 
 /// Status recorded when the client went away before a response head existed
 /// (the nginx convention for "client closed request").
@@ -185,15 +186,26 @@ pub struct ProxyBody {
     tracker: Option<Tracker>,
     /// The response is an SSE stream: failures become error events.
     sse: bool,
+    /// Hides the usage chunk the proxy (not the client) asked for.
+    stripper: Option<UsageChunkStripper>,
+    /// The upstream body has ended; only the end is left to report.
+    upstream_done: bool,
     done: bool,
 }
 
 impl ProxyBody {
     pub(crate) fn new(inner: UpstreamBody, tracker: Tracker, sse: bool) -> ProxyBody {
+        let strip = sse
+            && tracker
+                .served_by
+                .as_ref()
+                .is_some_and(|a| a.stream_usage_requested);
         ProxyBody {
             inner,
             tracker: Some(tracker),
             sse,
+            stripper: strip.then(UsageChunkStripper::new),
+            upstream_done: false,
             done: false,
         }
     }
@@ -213,6 +225,26 @@ impl ProxyBody {
         if let Some(mut t) = self.tracker.take() {
             t.finish(completion, at);
         }
+    }
+
+    /// Reports bytes about to go to the client and stamps the first one.
+    fn sent_to_client(&mut self, data: &Bytes, at: Instant) {
+        if let Some(t) = self.tracker.as_mut()
+            && !data.is_empty()
+        {
+            t.observers.on_client_response_chunk(&t.ctx, data, at);
+            if t.ttft.is_none() {
+                t.ttft = Some(at.saturating_duration_since(t.ctx.started));
+            }
+        }
+    }
+
+    /// What is still held back by the stripper (an unterminated last event).
+    fn held_back(&mut self) -> Bytes {
+        self.stripper
+            .as_mut()
+            .map(UsageChunkStripper::finish)
+            .unwrap_or_default()
     }
 }
 
@@ -234,62 +266,88 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                let now = Instant::now();
-                if let (Some(data), Some(t)) = (frame.data_ref(), this.tracker.as_mut())
-                    && !data.is_empty()
-                {
-                    if let Some(attempt) = &t.served_by {
-                        t.observers
-                            .on_backend_response_chunk(&t.ctx, attempt, data, now);
-                    }
-                    t.observers.on_client_response_chunk(&t.ctx, data, now);
-                    if t.ttft.is_none() {
-                        t.ttft = Some(now.saturating_duration_since(t.ctx.started));
-                    }
-                }
-                // A body of known length is not polled again after its last
-                // byte: report the end now, or it would look like a disconnect.
-                if this.inner.is_end_stream() {
-                    this.end_cleanly(now);
-                }
-                Poll::Ready(Some(Ok(frame)))
+        loop {
+            if this.done {
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => {
+            if this.upstream_done {
                 this.end_cleanly(Instant::now());
-                Poll::Ready(None)
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(err))) => {
-                let now = Instant::now();
-                let reason = if err.kind.is_timeout() {
-                    IncompleteReason::Timeout
-                } else {
-                    IncompleteReason::BackendError
-                };
-                let mut event = None;
-                if let Some(t) = this.tracker.as_mut() {
-                    if let Some(attempt) = &t.served_by {
-                        t.observers
-                            .on_backend_response_end(&t.ctx, attempt, Some(&err), now);
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let now = Instant::now();
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            if let Some(t) = &this.tracker
+                                && let Some(attempt) = &t.served_by
+                                && !data.is_empty()
+                            {
+                                t.observers
+                                    .on_backend_response_chunk(&t.ctx, attempt, &data, now);
+                            }
+                            let out = match this.stripper.as_mut() {
+                                Some(s) => s.push(&data),
+                                None => data,
+                            };
+                            if out.is_empty() && !this.inner.is_end_stream() {
+                                // Held back until the event is complete: nothing to send yet.
+                                continue;
+                            }
+                            this.sent_to_client(&out, now);
+                            Frame::data(out)
+                        }
+                        Err(other) => other,
+                    };
+                    // A body of known length is not polled again after its last
+                    // byte: report the end now, or it would look like a disconnect.
+                    if this.inner.is_end_stream() {
+                        this.end_cleanly(now);
                     }
-                    t.error = Some(err.to_string());
-                    if this.sse {
-                        let message = format!("upstream stream failed: {err}");
-                        let ev = t.ctx.frontend.stream_error_event(err.status(), &message);
-                        t.observers.on_client_response_chunk(&t.ctx, &ev, now);
-                        event = Some(ev);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.upstream_done = true;
+                    let rest = this.held_back();
+                    if !rest.is_empty() {
+                        this.sent_to_client(&rest, Instant::now());
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                 }
-                tracing::warn!(error = %err, sse = this.sse, "upstream failed mid-response");
-                this.finish(Completion::Incomplete(reason), now);
-                match event {
-                    Some(ev) => Poll::Ready(Some(Ok(Frame::data(ev)))),
-                    None => Poll::Ready(Some(Err(err))),
+                Poll::Ready(Some(Err(err))) => {
+                    let now = Instant::now();
+                    let reason = if err.kind.is_timeout() {
+                        IncompleteReason::Timeout
+                    } else {
+                        IncompleteReason::BackendError
+                    };
+                    let mut event = None;
+                    if this.sse {
+                        let mut out = BytesMut::from(&this.held_back()[..]);
+                        if let Some(t) = &this.tracker {
+                            let message = format!("upstream stream failed: {err}");
+                            out.extend_from_slice(
+                                &t.ctx.frontend.stream_error_event(err.status(), &message),
+                            );
+                        }
+                        let out = out.freeze();
+                        this.sent_to_client(&out, now);
+                        event = Some(out);
+                    }
+                    if let Some(t) = this.tracker.as_mut() {
+                        if let Some(attempt) = &t.served_by {
+                            t.observers
+                                .on_backend_response_end(&t.ctx, attempt, Some(&err), now);
+                        }
+                        t.error = Some(err.to_string());
+                    }
+                    tracing::warn!(error = %err, sse = this.sse, "upstream failed mid-response");
+                    this.finish(Completion::Incomplete(reason), now);
+                    return match event {
+                        Some(ev) => Poll::Ready(Some(Ok(Frame::data(ev)))),
+                        None => Poll::Ready(Some(Err(err))),
+                    };
                 }
             }
         }

@@ -150,6 +150,16 @@ pub struct BackendConfig {
     /// Per-backend timeout overrides; same keys as `[upstream]`.
     #[serde(default)]
     pub upstream: UpstreamOverrides,
+    /// For streamed OpenAI chat requests, ask the upstream for usage
+    /// (`stream_options.include_usage`) even when the client did not, and hide
+    /// that extra chunk from the client. Turn off for servers that reject
+    /// `stream_options`.
+    #[serde(default = "default_true")]
+    pub request_stream_usage: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl BackendConfig {
@@ -163,6 +173,7 @@ impl BackendConfig {
             models: Vec::new(),
             headers: BTreeMap::new(),
             upstream: UpstreamOverrides::default(),
+            request_stream_usage: true,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod handler;
 pub mod health;
 pub mod mock;
 pub mod observer;
@@ -21,11 +22,13 @@ pub mod request;
 pub mod rewrite;
 pub mod routing;
 pub mod telemetry;
+pub mod usage_strip;
 
 pub use backend::{Backend, BackendRequest, BackendResponse};
 pub use body::ProxyBody;
 pub use config::{BackendConfig, BackendType, RoutingConfig, Secret, UpstreamConfig};
 pub use error::{ConfigError, ProxyError, UpstreamError, UpstreamErrorKind};
+pub use handler::{ApiBody, RouteHandler};
 pub use health::{AlwaysAvailable, AttemptOutcome, EndpointHealth};
 pub use observer::{
     AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ExchangeOutcome, IncompleteReason,

@@ -52,6 +52,9 @@ pub struct AttemptInfo {
     pub model: String,
     /// True when a route rewriter (model replacement) chose this target.
     pub replaced: bool,
+    /// The proxy asked this upstream for stream usage the client did not ask
+    /// for; the usage-only chunk is in the backend leg but not the client leg.
+    pub stream_usage_requested: bool,
 }
 
 /// Why an exchange ended before completing.

@@ -192,12 +192,21 @@ impl Pipeline {
                 continue;
             }
             tracker.attempts += 1;
+            let request_usage = request.frontend == Frontend::OpenAiChat
+                && facts.stream
+                && !facts.include_usage
+                && self
+                    .config
+                    .backends
+                    .get(&*target.backend)
+                    .is_some_and(|b| b.request_stream_usage);
             let attempt = AttemptInfo {
                 attempt: tracker.attempts,
                 backend: target.backend.clone(),
                 backend_type: backend.backend_type(),
                 model: target.model.clone(),
                 replaced,
+                stream_usage_requested: request_usage,
             };
             let mut headers = forwardable_request_headers(&request.headers);
             backend.authorize(&mut headers);
@@ -205,7 +214,7 @@ impl Pipeline {
                 frontend: request.frontend,
                 query: request.uri.query().map(str::to_owned),
                 headers,
-                body: facts.with_model(&request.body, &target.model),
+                body: facts.rewrite(&request.body, &target.model, request_usage),
             };
             let uri = backend.uri_for(&backend_request);
             self.observers.on_backend_request(

@@ -25,6 +25,12 @@ pub struct RequestFacts {
     conversation_span: Option<Range<usize>>,
     /// Byte range of the Anthropic `system` value, if any.
     system_span: Option<Range<usize>>,
+    /// Byte range of the `stream_options` value, if any.
+    stream_options_span: Option<Range<usize>>,
+    /// `stream_options.include_usage` is true.
+    pub include_usage: bool,
+    /// Offset just after the body's opening `{`.
+    object_start: usize,
 }
 
 impl RequestFacts {
@@ -84,6 +90,17 @@ impl RequestFacts {
             .or_else(|| fields.get("input"))
             .map(|raw| span_of(raw));
         let system_span = fields.get("system").map(|raw| span_of(raw));
+        #[derive(serde::Deserialize)]
+        struct StreamOptions {
+            include_usage: Option<bool>,
+        }
+        let stream_options = fields.get("stream_options");
+        let include_usage = stream_options
+            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        // The body parsed as an object, so its first non-blank byte is `{`.
+        let object_start = text.bytes().position(|b| b == b'{').map_or(0, |p| p + 1);
         Ok(RequestFacts {
             model,
             model_span: span_of(model_raw),
@@ -91,20 +108,54 @@ impl RequestFacts {
             user,
             conversation_span,
             system_span,
+            stream_options_span: stream_options.map(|raw| span_of(raw)),
+            include_usage,
+            object_start,
         })
     }
 
-    /// The body with the `model` value replaced by `model`; every other byte
-    /// is kept as sent. Returns the body itself when the model is unchanged.
-    pub fn with_model(&self, body: &Bytes, model: &str) -> Bytes {
-        if model == self.model {
+    /// The body for the upstream: the `model` value replaced by `model` and,
+    /// when `request_usage` is set, `stream_options.include_usage` turned on
+    /// (so accounting never depends on the client's options). Every other
+    /// byte is kept as sent; the body itself is returned when nothing changes.
+    pub fn rewrite(&self, body: &Bytes, model: &str, request_usage: bool) -> Bytes {
+        let mut edits: Vec<(Range<usize>, String)> = Vec::with_capacity(2);
+        if model != self.model {
+            edits.push((
+                self.model_span.clone(),
+                serde_json::Value::String(model.to_owned()).to_string(),
+            ));
+        }
+        if request_usage && !self.include_usage {
+            match &self.stream_options_span {
+                Some(span) => {
+                    let mut options = body
+                        .get(span.clone())
+                        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+                        .filter(serde_json::Value::is_object)
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    options["include_usage"] = serde_json::Value::Bool(true);
+                    edits.push((span.clone(), options.to_string()));
+                }
+                None => edits.push((
+                    self.object_start..self.object_start,
+                    r#""stream_options":{"include_usage":true},"#.to_owned(),
+                )),
+            }
+        }
+        if edits.is_empty() {
             return body.clone();
         }
-        let quoted = serde_json::Value::String(model.to_owned()).to_string();
-        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
-        out.extend_from_slice(&body[..self.model_span.start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&body[self.model_span.end..]);
+        edits.sort_by_key(|(range, _)| range.start);
+        let extra: usize = edits.iter().map(|(_, text)| text.len()).sum();
+        let mut out = BytesMut::with_capacity(body.len() + extra);
+        let mut at = 0;
+        for (range, text) in edits {
+            out.extend_from_slice(&body[at..range.start]);
+            out.extend_from_slice(text.as_bytes());
+            at = range.end;
+        }
+        out.extend_from_slice(&body[at..]);
         out.freeze()
     }
 
@@ -176,7 +227,7 @@ mod tests {
         let facts = RequestFacts::parse(&body).unwrap();
         assert_eq!(facts.model, "openai:gpt-4o");
         assert!(facts.stream);
-        let out = facts.with_model(&body, "gpt-4o");
+        let out = facts.rewrite(&body, "gpt-4o", false);
         assert_eq!(
             &out[..],
             &br#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "gpt-4o","stream":true}"#[..]
@@ -188,7 +239,38 @@ mod tests {
         let body = Bytes::from_static(br#"{"model":"mock:e\u0063ho"}"#);
         let facts = RequestFacts::parse(&body).unwrap();
         assert_eq!(facts.model, "mock:echo");
-        assert_eq!(&facts.with_model(&body, "a\"b")[..], br#"{"model":"a\"b"}"#);
+        assert_eq!(
+            &facts.rewrite(&body, "a\"b", false)[..],
+            br#"{"model":"a\"b"}"#
+        );
+    }
+
+    #[test]
+    fn stream_usage_is_requested_without_touching_the_rest() {
+        let body = Bytes::from_static(br#" {"model":"m","stream":true,"messages":[]}"#);
+        let f = RequestFacts::parse(&body).unwrap();
+        assert!(!f.include_usage);
+        let out = f.rewrite(&body, "m", true);
+        assert_eq!(
+            &out[..],
+            &br#" {"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#[..]
+        );
+        let body = Bytes::from_static(
+            br#"{"model":"a:m","stream_options":{"include_usage":false,"x":1},"stream":true}"#,
+        );
+        let f = RequestFacts::parse(&body).unwrap();
+        let out = f.rewrite(&body, "m", true);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert_eq!(v["model"], "m");
+        // Already asked for: nothing to do.
+        let body = Bytes::from_static(br#"{"model":"m","stream_options":{"include_usage":true}}"#);
+        let f = RequestFacts::parse(&body).unwrap();
+        assert!(f.include_usage);
+        assert_eq!(f.rewrite(&body, "m", true), body);
     }
 
     #[test]
