@@ -4,8 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::Method;
 use llm_proxy_api::{ApiServer, MetricsRender, Services};
-use llm_proxy_core::Pipeline;
+use llm_proxy_core::{ExchangeObserver, ObserverSet, Pipeline};
+use llm_proxy_usage::routes::UsageRoutes;
+use llm_proxy_usage::tracker::UsageTracker;
 
 use crate::settings::{AppConfig, SettingsError};
 
@@ -22,6 +25,9 @@ pub enum AppError {
     /// Routing could not be built.
     #[error("invalid configuration: {0}")]
     Core(#[from] llm_proxy_core::ConfigError),
+    /// Usage tracking could not start (e.g. the store cannot be opened).
+    #[error("usage tracking: {0}")]
+    Usage(#[from] llm_proxy_usage::UsageError),
 }
 
 /// A built proxy, bound to its address, not yet serving.
@@ -29,6 +35,7 @@ pub enum AppError {
 pub struct App {
     server: ApiServer,
     addr: SocketAddr,
+    usage: Option<UsageTracker>,
 }
 
 impl App {
@@ -38,14 +45,38 @@ impl App {
         let routing = config.routing()?;
         let server_config = config.server()?;
         report_pending_subsystems(&config);
-        let pipeline = Arc::new(Pipeline::new(routing)?);
-        let services = Services {
+        let mut observers: Vec<Arc<dyn ExchangeObserver>> = Vec::new();
+        let mut services = Services {
             metrics,
             ..Services::default()
         };
+        let usage = if config.usage_tracking.enabled {
+            let (tracker, notes) = llm_proxy_usage::build::start(&config.usage_tracking)?;
+            for note in notes {
+                tracing::error!("{note}");
+            }
+            tracing::info!(store = %config.usage_tracking.persistence_path, "usage tracking on");
+            observers.push(tracker.collector());
+            Some(tracker)
+        } else {
+            None
+        };
+        let usage_routes = Arc::new(match &usage {
+            Some(t) => UsageRoutes::new(t.queries()),
+            None => UsageRoutes::disabled(),
+        });
+        for path in llm_proxy_usage::routes::ROUTES {
+            services = services.route(Method::GET, path, usage_routes.clone());
+        }
+        let pipeline =
+            Arc::new(Pipeline::new(routing)?.with_observers(ObserverSet::new(observers)));
         let server = ApiServer::bind(server_config, pipeline, services).await?;
         let addr = server.local_addr()?;
-        Ok(App { server, addr })
+        Ok(App {
+            server,
+            addr,
+            usage,
+        })
     }
 
     /// The address the proxy listens on.
@@ -53,12 +84,22 @@ impl App {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, drains, then runs subsystem shutdown hooks.
+    /// Serves until `shutdown` resolves, drains, then runs subsystem
+    /// shutdown hooks: usage records still queued are built and written.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AppError> {
-        self.server.serve(shutdown).await?;
+        let App { server, usage, .. } = self;
+        let served = server.serve(shutdown).await;
+        if let Some(tracker) = usage {
+            match tokio::task::spawn_blocking(move || tracker.shutdown()).await {
+                Ok(Ok(count)) => tracing::info!(records = count, "usage records flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "usage flush on shutdown failed"),
+                Err(e) => tracing::error!(error = %e, "usage flush on shutdown panicked"),
+            }
+        }
+        served?;
         Ok(())
     }
 }
@@ -68,7 +109,6 @@ impl App {
 fn report_pending_subsystems(config: &AppConfig) {
     let pending = [
         ("health_check", config.health_check.enabled),
-        ("usage_tracking", config.usage_tracking.enabled),
         ("wire_capture", config.wire_capture.enabled),
         ("replacement", config.replacement.enabled),
     ];

@@ -37,6 +37,7 @@ fn command(args: &[&str]) -> Command {
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("API_KEYS")
         .env("RUST_LOG", "info")
+        .env("USAGE_TRACKING_PERSISTENCE_PATH", ":memory:")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -23,12 +23,11 @@ impl UsageChunkStripper {
     /// Feeds one upstream chunk; returns the bytes to send to the client now
     /// (possibly empty).
     pub fn push(&mut self, chunk: &Bytes) -> Bytes {
-        if self.pending.is_empty() {
-            if let Some(end) = last_event_end(chunk) {
-                if end == chunk.len() && !contains_usage_event(chunk) {
-                    return chunk.clone();
-                }
-            }
+        if self.pending.is_empty()
+            && last_event_end(chunk) == Some(chunk.len())
+            && !contains_usage_event(chunk)
+        {
+            return chunk.clone();
         }
         self.pending.extend_from_slice(chunk);
         let Some(end) = last_event_end(&self.pending) else {

@@ -1,7 +1,12 @@
-//! `[usage_tracking]` configuration (the seed's keys).
+//! `[usage_tracking]` configuration (the seed's keys, plus retention,
+//! prices and queue sizing).
+
+use std::collections::BTreeMap;
 
 use llm_proxy_core::ConfigError;
 use serde::{Deserialize, Serialize};
+
+use crate::pricing::ModelPrice;
 
 /// Where and how usage records are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -9,12 +14,22 @@ use serde::{Deserialize, Serialize};
 pub struct UsageTrackingConfig {
     /// Record usage at all.
     pub enabled: bool,
-    /// Store file: `.sqlite3`/`.db` for SQLite, `.json` for the seed's single-document format.
+    /// Store file: `.json` keeps the seed's single-document format; any other
+    /// name is a SQLite database; `:memory:` keeps records in memory only.
     pub persistence_path: String,
-    /// Seconds between batched writes.
+    /// Seconds between batched writes (at most this much is lost on a crash).
     pub flush_interval_seconds: f64,
-    /// Records kept in memory for `/v1/usage/recent`.
+    /// Built records held in memory while the store is unavailable.
     pub max_records_in_memory: usize,
+    /// Delete records older than this many days (never, when unset).
+    pub retention_days: Option<u32>,
+    /// A price table to use instead of the bundled one (same JSON format).
+    pub prices_path: Option<String>,
+    /// Per-model price overrides (USD per token).
+    pub price_overrides: BTreeMap<String, ModelPrice>,
+    /// Finished exchanges waiting for the record builder before new ones are
+    /// dropped (and counted).
+    pub queue_capacity: usize,
 }
 
 impl Default for UsageTrackingConfig {
@@ -24,6 +39,10 @@ impl Default for UsageTrackingConfig {
             persistence_path: "./var/usage.sqlite3".into(),
             flush_interval_seconds: 1.0,
             max_records_in_memory: 10_000,
+            retention_days: None,
+            prices_path: None,
+            price_overrides: BTreeMap::new(),
+            queue_capacity: 65_536,
         }
     }
 }
@@ -44,6 +63,18 @@ impl UsageTrackingConfig {
             return Err(ConfigError::new(
                 "usage_tracking.persistence_path",
                 "must not be empty",
+            ));
+        }
+        if self.retention_days == Some(0) {
+            return Err(ConfigError::new(
+                "usage_tracking.retention_days",
+                "must be at least 1 (or unset)",
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err(ConfigError::new(
+                "usage_tracking.queue_capacity",
+                "must be at least 1",
             ));
         }
         Ok(())

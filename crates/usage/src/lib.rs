@@ -7,13 +7,24 @@
 //! `llm_proxy_core::ExchangeObserver` and never blocks the request path.
 
 pub mod aggregate;
+pub mod build;
+pub mod builder;
+pub mod collect;
 pub mod config;
 pub mod error;
+pub mod extract;
+pub mod pricing;
 pub mod query;
 pub mod record;
+pub mod routes;
+pub mod sketch;
 pub mod store;
+pub mod telemetry;
 pub mod time;
+pub mod tokens;
+pub mod tracker;
 
 pub use config::UsageTrackingConfig;
 pub use error::UsageError;
 pub use record::{BackendUsage, CompletionOutcome, CostSource, TokenSource, UsageRecord};
+pub use store::{JsonStore, MemoryStore, OpenReport, SqliteStore, UsageStore, open_store};

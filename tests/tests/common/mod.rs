@@ -64,6 +64,7 @@ pub fn base_config() -> AppConfig {
     c.upstream.connect_timeout_seconds = 2.0;
     c.upstream.first_byte_timeout_seconds = 5.0;
     c.upstream.idle_timeout_seconds = 5.0;
+    c.usage_tracking.persistence_path = ":memory:".into();
     c
 }
 
@@ -225,3 +226,4 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
     check()
 }
+pub mod python;

@@ -6,11 +6,22 @@
 //! never from the request path.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::aggregate::Aggregate;
 use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
 use crate::record::UsageRecord;
+
+pub mod conformance;
+pub mod json;
+pub mod memory;
+pub mod sqlite;
+
+pub use json::JsonStore;
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 /// One page of `/v1/usage/recent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,4 +92,115 @@ pub trait UsageStore: Send + Sync + 'static {
     fn flush(&self) -> Result<(), UsageError>;
     /// Number of stored records.
     fn count(&self) -> Result<u64, UsageError>;
+}
+
+/// What opening a store file found and did. When [`OpenReport::problem`] is
+/// `Some`, the caller logs it at ERROR: the old file was unreadable and was
+/// moved aside (never overwritten or deleted), and a new store started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenReport {
+    /// The store file.
+    pub path: PathBuf,
+    /// A new, empty store file was created.
+    pub created: bool,
+    /// The schema was migrated from this version.
+    pub migrated_from: Option<i64>,
+    /// The existing file was unreadable and moved aside.
+    pub moved_aside: Option<MovedAside>,
+    /// Rollups were rebuilt from raw records, and why.
+    pub rollups_rebuilt: Option<String>,
+    /// Records in the store after opening.
+    pub records: u64,
+}
+
+/// An unreadable store file that was moved out of the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedAside {
+    /// What was wrong with it.
+    pub reason: String,
+    /// Where it is now (`<path>.corrupt-<unix_ts>`).
+    pub moved_to: PathBuf,
+    /// Companion files moved with it (SQLite `-wal` / `-shm`).
+    pub companions: Vec<PathBuf>,
+}
+
+impl OpenReport {
+    /// The error describing a moved-aside file, for the caller to log.
+    pub fn problem(&self) -> Option<UsageError> {
+        self.moved_aside.as_ref().map(|m| UsageError::Corrupt {
+            path: self.path.clone(),
+            reason: m.reason.clone(),
+            action: format!(
+                "moved aside to {} and started a new, empty store",
+                m.moved_to.display()
+            ),
+        })
+    }
+}
+
+/// Opens the store a `persistence_path` names: `.json` → [`JsonStore`]
+/// (the seed's single-document format), anything else → [`SqliteStore`].
+pub fn open_store(path: &Path) -> Result<(Arc<dyn UsageStore>, OpenReport), UsageError> {
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        let (store, report) = JsonStore::open(path)?;
+        Ok((Arc::new(store), report))
+    } else {
+        let (store, report) = SqliteStore::open(path)?;
+        Ok((Arc::new(store), report))
+    }
+}
+
+/// Moves an unreadable store file (and the companion files named by
+/// `suffixes`, e.g. `-wal`) to `<path>.corrupt-<unix_ts>[-n]<suffix>`.
+pub(crate) fn move_aside(
+    path: &Path,
+    suffixes: &[&str],
+    reason: String,
+) -> Result<MovedAside, UsageError> {
+    let ts = crate::time::system_time_us(std::time::SystemTime::now()) / 1_000_000;
+    let with_suffix = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let mut target = with_suffix(path, &format!(".corrupt-{ts}"));
+    let mut n = 1;
+    while target.exists() || suffixes.iter().any(|s| with_suffix(&target, s).exists()) {
+        target = with_suffix(path, &format!(".corrupt-{ts}-{n}"));
+        n += 1;
+    }
+    let io = |p: &Path, source| UsageError::Io {
+        path: p.to_owned(),
+        source,
+    };
+    std::fs::rename(path, &target).map_err(|e| io(path, e))?;
+    let mut companions = Vec::new();
+    for suffix in suffixes {
+        let from = with_suffix(path, suffix);
+        if from.exists() {
+            let to = with_suffix(&target, suffix);
+            std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+            companions.push(to);
+        }
+    }
+    Ok(MovedAside {
+        reason,
+        moved_to: target,
+        companions,
+    })
+}
+
+/// Creates the parent directory of a store file when missing.
+pub(crate) fn ensure_parent_dir(path: &Path) -> Result<(), UsageError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|source| UsageError::Io {
+                path: dir.to_owned(),
+                source,
+            }),
+        _ => Ok(()),
+    }
 }

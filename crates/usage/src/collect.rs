@@ -1,0 +1,206 @@
+//! The request-path half of usage tracking: an [`ExchangeObserver`] that
+//! keeps references to each exchange's bytes (cheap `Bytes` clones, no
+//! parsing) and, when the exchange ends, hands the bundle to the background
+//! builder through a bounded queue. A full queue drops the exchange and
+//! counts it; nothing here waits.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use llm_proxy_core::{AttemptInfo, ExchangeContext, ExchangeObserver, ExchangeOutcome};
+
+use crate::telemetry;
+use crate::tracker::Shared;
+
+/// Everything the builder needs about one finished exchange.
+#[derive(Debug)]
+pub struct FinishedExchange {
+    /// Facts fixed at receipt.
+    pub ctx: ExchangeContext,
+    /// How it ended.
+    pub outcome: ExchangeOutcome,
+    /// Client request body (leg 1).
+    pub client_request: Bytes,
+    /// The last attempt's request body (leg 2), if any attempt was made.
+    pub backend_request: Option<Bytes>,
+    /// The served attempt's response chunks (leg 3).
+    pub backend_response: Vec<Bytes>,
+    /// The backend response is SSE.
+    pub backend_sse: bool,
+    /// Response chunks sent to the client (leg 4).
+    pub client_response: Vec<Bytes>,
+    /// The client response is SSE.
+    pub client_sse: bool,
+    /// When the exchange ended (for flush-lag measurement).
+    pub ended_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Partial {
+    client_request: Bytes,
+    backend_request: Option<Bytes>,
+    backend_response: Vec<Bytes>,
+    backend_sse: bool,
+    client_response: Vec<Bytes>,
+    client_sse: bool,
+}
+
+const SHARDS: usize = 16;
+
+/// The observer half of the usage tracker.
+pub struct UsageCollector {
+    shards: Vec<Mutex<HashMap<Arc<str>, Partial>>>,
+    queue: SyncSender<FinishedExchange>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for UsageCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageCollector").finish_non_exhaustive()
+    }
+}
+
+impl UsageCollector {
+    pub(crate) fn new(queue: SyncSender<FinishedExchange>, shared: Arc<Shared>) -> UsageCollector {
+        UsageCollector {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            queue,
+            shared,
+        }
+    }
+
+    fn with_partial(&self, ex: &ExchangeContext, f: impl FnOnce(&mut Partial)) {
+        let shard = &self.shards[shard_of(&ex.request_id)];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get_mut(&ex.request_id) {
+            f(p);
+        }
+    }
+}
+
+fn shard_of(id: &str) -> usize {
+    id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % SHARDS
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+impl ExchangeObserver for UsageCollector {
+    fn on_client_request(
+        &self,
+        ex: &ExchangeContext,
+        _: &Method,
+        _: &Uri,
+        _: &HeaderMap,
+        body: &Bytes,
+    ) {
+        let shard = &self.shards[shard_of(&ex.request_id)];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            ex.request_id.clone(),
+            Partial {
+                client_request: body.clone(),
+                ..Partial::default()
+            },
+        );
+    }
+
+    fn on_backend_request(
+        &self,
+        ex: &ExchangeContext,
+        _: &AttemptInfo,
+        _: &Uri,
+        _: &HeaderMap,
+        body: &Bytes,
+    ) {
+        self.with_partial(ex, |p| {
+            p.backend_request = Some(body.clone());
+            p.backend_response.clear();
+            p.backend_sse = false;
+        });
+    }
+
+    fn on_backend_response_head(
+        &self,
+        ex: &ExchangeContext,
+        _: &AttemptInfo,
+        _: StatusCode,
+        headers: &HeaderMap,
+        _: Instant,
+    ) {
+        let sse = is_sse(headers);
+        self.with_partial(ex, |p| {
+            p.backend_response.clear();
+            p.backend_sse = sse;
+        });
+    }
+
+    fn on_backend_response_chunk(
+        &self,
+        ex: &ExchangeContext,
+        _: &AttemptInfo,
+        chunk: &Bytes,
+        _: Instant,
+    ) {
+        self.with_partial(ex, |p| p.backend_response.push(chunk.clone()));
+    }
+
+    fn on_client_response_head(
+        &self,
+        ex: &ExchangeContext,
+        _: StatusCode,
+        headers: &HeaderMap,
+        _: Instant,
+    ) {
+        let sse = is_sse(headers);
+        self.with_partial(ex, |p| p.client_sse = sse);
+    }
+
+    fn on_client_response_chunk(&self, ex: &ExchangeContext, chunk: &Bytes, _: Instant) {
+        self.with_partial(ex, |p| p.client_response.push(chunk.clone()));
+    }
+
+    fn on_exchange_end(&self, ex: &ExchangeContext, outcome: &ExchangeOutcome) {
+        let partial = {
+            let shard = &self.shards[shard_of(&ex.request_id)];
+            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&ex.request_id).unwrap_or_default()
+        };
+        let finished = FinishedExchange {
+            ctx: ex.clone(),
+            outcome: outcome.clone(),
+            client_request: partial.client_request,
+            backend_request: partial.backend_request,
+            backend_response: partial.backend_response,
+            backend_sse: partial.backend_sse,
+            client_response: partial.client_response,
+            client_sse: partial.client_sse,
+            ended_at: Instant::now(),
+        };
+        // Counted before sending so the builder never sees a negative backlog.
+        self.shared.note_queued();
+        match self.queue.try_send(finished) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.shared.note_unqueued();
+                metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "queue_full")
+                    .increment(1);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.note_unqueued();
+                metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "shut_down")
+                    .increment(1);
+            }
+        }
+    }
+}

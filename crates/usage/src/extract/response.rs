@@ -1,0 +1,277 @@
+//! [`ResponseFacts`] and the streaming [`ResponseAccumulator`] that builds them.
+
+use llm_proxy_core::Frontend;
+use serde_json::Value;
+
+use super::anthropic::AnthropicState;
+use super::json::truncate;
+use super::openai_chat::ChatState;
+use super::responses::ResponsesState;
+use super::sse::{SseEvent, SseParser};
+use crate::record::BackendUsage;
+
+/// Largest JSON body buffered for extraction; a bigger body yields no facts.
+const MAX_JSON_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// How much of a stream is kept, until its first event, in case it is a JSON body.
+const MAX_SSE_PREFIX_BYTES: usize = 1024 * 1024;
+/// Longest raw (non-JSON) error event data kept.
+const MAX_RAW_ERROR_BYTES: usize = 2048;
+
+/// What a response (backend → proxy, or proxy → client) said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseFacts {
+    /// Usage reported in the response, normalized (see the module docs).
+    pub usage: Option<BackendUsage>,
+    /// The generated text: message content, refusals (OpenAI), text blocks.
+    /// Separate choices / output items are joined with `\n`.
+    pub text: String,
+    /// Reasoning text the backend returned (Anthropic `thinking`, OpenAI-compatible
+    /// `reasoning_content` / `reasoning`, Responses reasoning summaries and text).
+    /// Not part of `text`; it is completion tokens too.
+    pub reasoning: String,
+    /// Tool calls in output order, arguments reassembled from streamed pieces.
+    pub tool_calls: Vec<ToolCall>,
+    /// OpenAI `finish_reason`, Anthropic `stop_reason`, Responses
+    /// `incomplete_details.reason` or else the terminal `status`.
+    pub finish_reason: Option<String>,
+    /// An error reported in the body or as an error event (`"<code or type>: <message>"`).
+    pub error: Option<String>,
+    /// The model as the response reports it (the latest seen).
+    pub model: Option<String>,
+}
+
+impl ResponseFacts {
+    /// Facts of a complete JSON body.
+    pub fn from_json(protocol: Frontend, body: &[u8]) -> ResponseFacts {
+        let mut acc = ResponseAccumulator::new(protocol, false);
+        acc.push(body);
+        acc.finish()
+    }
+
+    /// Facts of a complete SSE stream.
+    pub fn from_sse(protocol: Frontend, stream: &[u8]) -> ResponseFacts {
+        let mut acc = ResponseAccumulator::new(protocol, true);
+        acc.push(stream);
+        acc.finish()
+    }
+}
+
+/// A tool call made by the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The tool (function) name.
+    pub name: String,
+    /// The arguments as JSON text (streamed pieces concatenated; Anthropic
+    /// non-streamed `input` serialized compactly).
+    pub arguments: String,
+}
+
+/// Builds [`ResponseFacts`] from a response body fed chunk by chunk.
+///
+/// JSON bodies are buffered and read at [`finish`](Self::finish); SSE streams
+/// are parsed as chunks arrive (chunk boundaries may fall anywhere), so
+/// finishing early (a client that left) gives the facts seen so far. Never
+/// panics: garbage only means fewer facts. Lenient about a wrong `is_sse`: a
+/// "JSON" body that is an event stream is read as one, and a "stream" whose
+/// whole content is a JSON object (an upstream error body) is read as JSON.
+#[derive(Debug)]
+pub struct ResponseAccumulator {
+    state: State,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Json {
+        buf: Vec<u8>,
+        overflow: bool,
+    },
+    Sse {
+        parser: SseParser,
+        events: u64,
+        prefix: Vec<u8>,
+        prefix_overflow: bool,
+    },
+}
+
+impl ResponseAccumulator {
+    /// An accumulator for a response in `protocol`, an SSE stream when `is_sse`.
+    pub fn new(protocol: Frontend, is_sse: bool) -> ResponseAccumulator {
+        let mode = if is_sse {
+            Mode::Sse {
+                parser: SseParser::new(),
+                events: 0,
+                prefix: Vec::new(),
+                prefix_overflow: false,
+            }
+        } else {
+            Mode::Json {
+                buf: Vec::new(),
+                overflow: false,
+            }
+        };
+        ResponseAccumulator {
+            state: State::new(protocol),
+            mode,
+        }
+    }
+
+    /// Feeds the next chunk of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        match &mut self.mode {
+            Mode::Json { buf, overflow } => {
+                if *overflow {
+                    return;
+                }
+                if buf.len().saturating_add(chunk.len()) > MAX_JSON_BODY_BYTES {
+                    *overflow = true;
+                    *buf = Vec::new();
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            Mode::Sse {
+                parser,
+                events,
+                prefix,
+                prefix_overflow,
+            } => {
+                if *events == 0 && !*prefix_overflow {
+                    if prefix.len().saturating_add(chunk.len()) > MAX_SSE_PREFIX_BYTES {
+                        *prefix_overflow = true;
+                        *prefix = Vec::new();
+                    } else {
+                        prefix.extend_from_slice(chunk);
+                    }
+                }
+                let state = &mut self.state;
+                parser.feed(chunk, |event| {
+                    *events += 1;
+                    state.sse_event(&event);
+                });
+                if *events > 0 && !prefix.is_empty() {
+                    *prefix = Vec::new();
+                }
+            }
+        }
+    }
+
+    /// Ends the body and returns what was found.
+    pub fn finish(self) -> ResponseFacts {
+        let ResponseAccumulator { mut state, mode } = self;
+        match mode {
+            Mode::Json { buf, overflow } => {
+                if !overflow {
+                    match serde_json::from_slice::<Value>(&buf) {
+                        Ok(body) => state.body(&body),
+                        Err(_) if looks_like_sse(&buf) => {
+                            let mut parser = SseParser::new();
+                            parser.feed(&buf, |event| state.sse_event(&event));
+                            if let Some(event) = parser.finish() {
+                                state.sse_event(&event);
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            Mode::Sse {
+                mut parser,
+                mut events,
+                prefix,
+                prefix_overflow,
+            } => {
+                if let Some(event) = parser.finish() {
+                    events += 1;
+                    state.sse_event(&event);
+                }
+                if events == 0
+                    && !prefix_overflow
+                    && let Ok(body @ Value::Object(_)) = serde_json::from_slice::<Value>(&prefix)
+                {
+                    state.body(&body);
+                }
+            }
+        }
+        state.finish()
+    }
+}
+
+fn looks_like_sse(buf: &[u8]) -> bool {
+    let buf = buf.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(buf);
+    let start = buf
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(buf.len());
+    let buf = buf.get(start..).unwrap_or_default();
+    buf.starts_with(b"data:") || buf.starts_with(b"event:") || buf.starts_with(b":")
+}
+
+/// The per-protocol state, fed JSON bodies and SSE events.
+#[derive(Debug)]
+enum State {
+    Chat(ChatState),
+    Anthropic(AnthropicState),
+    Responses(ResponsesState),
+}
+
+impl State {
+    fn new(protocol: Frontend) -> State {
+        match protocol {
+            Frontend::OpenAiChat => State::Chat(ChatState::default()),
+            Frontend::AnthropicMessages => State::Anthropic(AnthropicState::default()),
+            Frontend::OpenAiResponses => State::Responses(ResponsesState::default()),
+        }
+    }
+
+    fn sse_event(&mut self, event: &SseEvent) {
+        let data = event.data.trim();
+        if data.is_empty() || data == "[DONE]" {
+            return;
+        }
+        match serde_json::from_str::<Value>(data) {
+            Ok(value) => match self {
+                State::Chat(s) => s.value(&value),
+                State::Anthropic(s) => s.event(event.event.as_deref(), &value),
+                State::Responses(s) => s.event(event.event.as_deref(), &value),
+            },
+            Err(_) if event.event.as_deref() == Some("error") => {
+                let message = truncate(data.to_owned(), MAX_RAW_ERROR_BYTES);
+                match self {
+                    State::Chat(s) => s.error = Some(message),
+                    State::Anthropic(s) => s.error = Some(message),
+                    State::Responses(s) => s.error = Some(message),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn body(&mut self, body: &Value) {
+        match self {
+            State::Chat(s) => s.value(body),
+            State::Anthropic(s) => s.body(body),
+            State::Responses(s) => s.body(body),
+        }
+    }
+
+    fn finish(self) -> ResponseFacts {
+        match self {
+            State::Chat(s) => s.finish(),
+            State::Anthropic(s) => s.finish(),
+            State::Responses(s) => s.finish(),
+        }
+    }
+}
+
+/// Joins non-empty pieces with `\n`.
+pub(crate) fn join_nonempty<'a>(pieces: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(piece);
+    }
+    out
+}

@@ -1,0 +1,1583 @@
+//! [`SqliteStore`]: the default usage store (`./var/usage.sqlite3`).
+//!
+//! **Durability.** WAL mode with `synchronous = NORMAL`: a committed insert
+//! survives a process crash (SIGKILL); on power loss the last few
+//! transactions before the most recent checkpoint may be lost, never
+//! corrupted. [`UsageStore::flush`] runs a passive WAL checkpoint.
+//!
+//! **Schema** (`PRAGMA user_version`, versioned idempotent migrations; a
+//! newer version than this binary knows is refused with
+//! [`UsageError::SchemaTooNew`]):
+//! - `records`: one row per record, a real column for every field (the
+//!   filterable ones indexed: `(timestamp_us, id)`, `(session_id,
+//!   timestamp_us)`); `tool_names` and `backend_reported_usage` as JSON
+//!   text; `id` unique, inserts are `INSERT OR IGNORE`.
+//! - `rollup_keys`: the distinct combinations of the rollup dimensions
+//!   (backend_type, backend, model, requested_model, frontend_type,
+//!   http_status_code, proxy_user, streaming), each with a small id.
+//! - `rollup_hours`: `(hour_us, key_id) → Aggregate` blob, updated in the
+//!   same transaction as the inserts.
+//!
+//! **Queries.** At open the hourly rollups are folded into per-day and
+//! all-time aggregates per key, kept in memory and updated on every
+//! insert. A query whose filter and `group_by` only touch rollup dimensions
+//! (not `session_id` / `user_agent`) is answered from: the all-time
+//! aggregates (no time filter); in-memory days wholly inside
+//! `[start, end]`; hourly rollup rows for whole hours at the edges (and for
+//! `hour_of_day` filters); raw rows for the partial edge hours. Other
+//! queries scan raw rows, filtered in SQL. Both paths give `==` answers
+//! because aggregates merge exactly.
+//!
+//! **Unreadable files** (not a database, truncated, failing
+//! `PRAGMA quick_check`) are moved aside to `<path>.corrupt-<unix_ts>`
+//! with their `-wal` / `-shm`, and a new store starts; the
+//! [`OpenReport`] says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, params};
+
+use crate::aggregate::Aggregate;
+use crate::error::UsageError;
+use crate::query::{GroupKey, UsageFilter};
+use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
+use crate::store::{
+    AggregateSet, OpenReport, RecentPage, UsageStore, ensure_parent_dir, move_aside,
+};
+use crate::time::hour_floor;
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+/// Bounds used to plan open-ended ranges without overflow (±36 000 years).
+const PLAN_MIN_US: i64 = -(1 << 60);
+const PLAN_MAX_US: i64 = 1 << 60;
+
+/// Schema migrations; version N is reached by applying the first N.
+const MIGRATIONS: &[&str] = &[
+    // 1: records, rollups.
+    "CREATE TABLE IF NOT EXISTS records (
+        id TEXT NOT NULL UNIQUE,
+        timestamp TEXT NOT NULL,
+        timestamp_us INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        turn_number INTEGER NOT NULL,
+        backend_type TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requested_model TEXT NOT NULL,
+        frontend_type TEXT NOT NULL,
+        streaming INTEGER NOT NULL,
+        verbatim_prompt_tokens INTEGER,
+        mutated_prompt_tokens INTEGER,
+        verbatim_completion_tokens INTEGER,
+        mutated_completion_tokens INTEGER,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        backend_reported_usage TEXT,
+        token_source TEXT NOT NULL,
+        cost_usd REAL,
+        cost_source TEXT NOT NULL,
+        http_status_code INTEGER NOT NULL,
+        completion_outcome TEXT NOT NULL,
+        incomplete_reason TEXT,
+        tool_call_count INTEGER NOT NULL,
+        tool_names TEXT NOT NULL,
+        ttft_ms REAL,
+        total_duration_ms REAL NOT NULL,
+        proxy_overhead_ms REAL NOT NULL,
+        completion_tokens_per_second REAL,
+        user_agent TEXT,
+        proxy_user TEXT,
+        call_purpose TEXT,
+        replaced INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS records_timestamp ON records (timestamp_us, id);
+    CREATE INDEX IF NOT EXISTS records_session ON records (session_id, timestamp_us);
+    CREATE TABLE IF NOT EXISTS rollup_keys (
+        id INTEGER PRIMARY KEY,
+        backend_type TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requested_model TEXT NOT NULL,
+        frontend_type TEXT NOT NULL,
+        http_status_code INTEGER NOT NULL,
+        proxy_user TEXT,
+        streaming INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS rollup_hours (
+        hour_us INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        request_count INTEGER NOT NULL,
+        aggregate BLOB NOT NULL,
+        PRIMARY KEY (hour_us, key_id)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const RECORD_COLUMNS: &str = "id, timestamp, timestamp_us, session_id, turn_number, backend_type, \
+    backend, model, requested_model, frontend_type, streaming, verbatim_prompt_tokens, \
+    mutated_prompt_tokens, verbatim_completion_tokens, mutated_completion_tokens, prompt_tokens, \
+    completion_tokens, total_tokens, backend_reported_usage, token_source, cost_usd, cost_source, \
+    http_status_code, completion_outcome, incomplete_reason, tool_call_count, tool_names, ttft_ms, \
+    total_duration_ms, proxy_overhead_ms, completion_tokens_per_second, user_agent, proxy_user, \
+    call_purpose, replaced";
+
+fn db_err(e: rusqlite::Error) -> UsageError {
+    UsageError::Database(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Record rows.
+// ---------------------------------------------------------------------------
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn insert_record(stmt: &mut Statement<'_>, r: &UsageRecord) -> Result<usize, UsageError> {
+    let usage = match &r.backend_reported_usage {
+        Some(u) => Some(serde_json::to_string(u).map_err(|e| UsageError::Encoding(e.to_string()))?),
+        None => None,
+    };
+    let tools = if r.tool_names.is_empty() {
+        "[]".to_owned()
+    } else {
+        serde_json::to_string(&r.tool_names).map_err(|e| UsageError::Encoding(e.to_string()))?
+    };
+    stmt.execute(params![
+        r.id,
+        r.timestamp,
+        r.timestamp_us,
+        r.session_id,
+        r.turn_number,
+        r.backend_type,
+        r.backend,
+        r.model,
+        r.requested_model,
+        r.frontend_type,
+        r.streaming,
+        r.verbatim_prompt_tokens.map(to_i64),
+        r.mutated_prompt_tokens.map(to_i64),
+        r.verbatim_completion_tokens.map(to_i64),
+        r.mutated_completion_tokens.map(to_i64),
+        to_i64(r.prompt_tokens),
+        to_i64(r.completion_tokens),
+        to_i64(r.total_tokens),
+        usage,
+        r.token_source.as_str(),
+        r.cost_usd,
+        r.cost_source.as_str(),
+        r.http_status_code,
+        r.completion_outcome.as_str(),
+        r.incomplete_reason,
+        r.tool_call_count,
+        tools,
+        r.ttft_ms,
+        r.total_duration_ms,
+        r.proxy_overhead_ms,
+        r.completion_tokens_per_second,
+        r.user_agent,
+        r.proxy_user,
+        r.call_purpose,
+        r.replaced,
+    ])
+    .map_err(db_err)
+}
+
+fn read_record(row: &Row<'_>) -> Result<UsageRecord, UsageError> {
+    fn u(v: Option<i64>) -> Option<u64> {
+        v.map(|v| u64::try_from(v).unwrap_or(0))
+    }
+    let bad = |what: &str, v: &str| UsageError::Encoding(format!("stored {what} {v:?} is unknown"));
+    let token_source: String = row.get(19).map_err(db_err)?;
+    let cost_source: String = row.get(21).map_err(db_err)?;
+    let outcome: String = row.get(23).map_err(db_err)?;
+    let usage: Option<String> = row.get(18).map_err(db_err)?;
+    let tools: String = row.get(26).map_err(db_err)?;
+    let json = |e: serde_json::Error| UsageError::Encoding(e.to_string());
+    Ok(UsageRecord {
+        id: row.get(0).map_err(db_err)?,
+        timestamp: row.get(1).map_err(db_err)?,
+        timestamp_us: row.get(2).map_err(db_err)?,
+        session_id: row.get(3).map_err(db_err)?,
+        turn_number: row.get(4).map_err(db_err)?,
+        backend_type: row.get(5).map_err(db_err)?,
+        backend: row.get(6).map_err(db_err)?,
+        model: row.get(7).map_err(db_err)?,
+        requested_model: row.get(8).map_err(db_err)?,
+        frontend_type: row.get(9).map_err(db_err)?,
+        streaming: row.get(10).map_err(db_err)?,
+        verbatim_prompt_tokens: u(row.get(11).map_err(db_err)?),
+        mutated_prompt_tokens: u(row.get(12).map_err(db_err)?),
+        verbatim_completion_tokens: u(row.get(13).map_err(db_err)?),
+        mutated_completion_tokens: u(row.get(14).map_err(db_err)?),
+        prompt_tokens: u(row.get(15).map_err(db_err)?).unwrap_or(0),
+        completion_tokens: u(row.get(16).map_err(db_err)?).unwrap_or(0),
+        total_tokens: u(row.get(17).map_err(db_err)?).unwrap_or(0),
+        backend_reported_usage: match usage {
+            Some(s) => Some(serde_json::from_str(&s).map_err(json)?),
+            None => None,
+        },
+        token_source: match token_source.as_str() {
+            "backend" => TokenSource::Backend,
+            "proxy" => TokenSource::Proxy,
+            "estimate" => TokenSource::Estimate,
+            other => return Err(bad("token_source", other)),
+        },
+        cost_usd: row.get(20).map_err(db_err)?,
+        cost_source: match cost_source.as_str() {
+            "backend" => CostSource::Backend,
+            "pricing_table" => CostSource::PricingTable,
+            "unknown" => CostSource::Unknown,
+            other => return Err(bad("cost_source", other)),
+        },
+        http_status_code: row.get(22).map_err(db_err)?,
+        completion_outcome: match outcome.as_str() {
+            "completed" => CompletionOutcome::Completed,
+            "failed" => CompletionOutcome::Failed,
+            "incomplete" => CompletionOutcome::Incomplete,
+            other => return Err(bad("completion_outcome", other)),
+        },
+        incomplete_reason: row.get(24).map_err(db_err)?,
+        tool_call_count: row.get(25).map_err(db_err)?,
+        tool_names: if tools == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(&tools).map_err(json)?
+        },
+        ttft_ms: row.get(27).map_err(db_err)?,
+        total_duration_ms: row.get(28).map_err(db_err)?,
+        proxy_overhead_ms: row.get(29).map_err(db_err)?,
+        completion_tokens_per_second: row.get(30).map_err(db_err)?,
+        user_agent: row.get(31).map_err(db_err)?,
+        proxy_user: row.get(32).map_err(db_err)?,
+        call_purpose: row.get(33).map_err(db_err)?,
+        replaced: row.get(34).map_err(db_err)?,
+    })
+}
+
+/// `WHERE …` for `filter` (exactly `UsageFilter::matches`), optionally
+/// restricted to `timestamp_us` in `range` (inclusive).
+fn where_clause(filter: &UsageFilter, range: Option<(i64, i64)>) -> (String, Vec<Value>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut vals: Vec<Value> = Vec::new();
+    let mut text = |col: &str, v: &Option<String>, conds: &mut Vec<String>| {
+        if let Some(v) = v {
+            conds.push(format!("{col} = ?"));
+            vals.push(Value::Text(v.clone()));
+        }
+    };
+    text("backend_type", &filter.backend_type, &mut conds);
+    text("backend", &filter.backend, &mut conds);
+    text("model", &filter.model, &mut conds);
+    text("frontend_type", &filter.frontend_type, &mut conds);
+    text("session_id", &filter.session_id, &mut conds);
+    text("proxy_user", &filter.proxy_user, &mut conds);
+    text("user_agent", &filter.user_agent, &mut conds);
+    let mut int = |expr: String, v: i64| {
+        conds.push(expr);
+        vals.push(Value::Integer(v));
+    };
+    if let Some(s) = filter.http_status_code {
+        int("http_status_code = ?".into(), i64::from(s));
+    }
+    let (lo, hi) = match range {
+        Some((lo, hi)) => (
+            Some(filter.start_us.map_or(lo, |s| s.max(lo))),
+            Some(filter.end_us.map_or(hi, |e| e.min(hi))),
+        ),
+        None => (filter.start_us, filter.end_us),
+    };
+    if let Some(lo) = lo {
+        int("timestamp_us >= ?".into(), lo);
+    }
+    if let Some(hi) = hi {
+        int("timestamp_us <= ?".into(), hi);
+    }
+    // Euclidean remainders, as in `crate::time`.
+    let rem_day = format!("(((timestamp_us % {DAY_US}) + {DAY_US}) % {DAY_US})");
+    if let Some(h) = filter.hour_of_day {
+        int(format!("({rem_day} / {HOUR_US}) = ?"), i64::from(h));
+    }
+    if let Some(d) = filter.day_of_week {
+        int(
+            format!("(((((timestamp_us - {rem_day}) / {DAY_US}) + 3) % 7 + 7) % 7) = ?"),
+            i64::from(d),
+        );
+    }
+    let sql = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    (sql, vals)
+}
+
+// ---------------------------------------------------------------------------
+// Rollups.
+// ---------------------------------------------------------------------------
+
+/// The rollup dimensions of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RollupKey {
+    backend_type: String,
+    backend: String,
+    model: String,
+    requested_model: String,
+    frontend_type: String,
+    http_status_code: u16,
+    proxy_user: Option<String>,
+    streaming: bool,
+}
+
+impl RollupKey {
+    fn of(r: &UsageRecord) -> RollupKey {
+        RollupKey {
+            backend_type: r.backend_type.clone(),
+            backend: r.backend.clone(),
+            model: r.model.clone(),
+            requested_model: r.requested_model.clone(),
+            frontend_type: r.frontend_type.clone(),
+            http_status_code: r.http_status_code,
+            proxy_user: r.proxy_user.clone(),
+            streaming: r.streaming,
+        }
+    }
+
+    /// Whether records of this key pass the non-time filters (the filter
+    /// must not involve `session_id` or `user_agent`).
+    fn matches(&self, f: &UsageFilter) -> bool {
+        fn eq(want: &Option<String>, have: &str) -> bool {
+            want.as_deref().is_none_or(|w| w == have)
+        }
+        eq(&f.backend_type, &self.backend_type)
+            && eq(&f.backend, &self.backend)
+            && eq(&f.model, &self.model)
+            && eq(&f.frontend_type, &self.frontend_type)
+            && f.http_status_code
+                .is_none_or(|s| s == self.http_status_code)
+            && f.proxy_user
+                .as_deref()
+                .is_none_or(|w| self.proxy_user.as_deref() == Some(w))
+    }
+
+    /// `GroupKey::value_of` for this key's records; `None` for the
+    /// non-rollup dimensions.
+    fn value(&self, k: GroupKey) -> Option<String> {
+        Some(match k {
+            GroupKey::BackendType => self.backend_type.clone(),
+            GroupKey::Backend => self.backend.clone(),
+            GroupKey::Model => self.model.clone(),
+            GroupKey::RequestedModel => self.requested_model.clone(),
+            GroupKey::FrontendType => self.frontend_type.clone(),
+            GroupKey::HttpStatusCode => self.http_status_code.to_string(),
+            GroupKey::ProxyUser => self.proxy_user.clone().unwrap_or_default(),
+            GroupKey::Streaming => self.streaming.to_string(),
+            GroupKey::SessionId | GroupKey::UserAgent => return None,
+        })
+    }
+}
+
+/// [`RollupKey`] borrowed from a record (grouping a batch without
+/// allocating per record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RollupKeyRef<'a> {
+    backend_type: &'a str,
+    backend: &'a str,
+    model: &'a str,
+    requested_model: &'a str,
+    frontend_type: &'a str,
+    http_status_code: u16,
+    proxy_user: Option<&'a str>,
+    streaming: bool,
+}
+
+impl<'a> RollupKeyRef<'a> {
+    fn of(r: &'a UsageRecord) -> RollupKeyRef<'a> {
+        RollupKeyRef {
+            backend_type: &r.backend_type,
+            backend: &r.backend,
+            model: &r.model,
+            requested_model: &r.requested_model,
+            frontend_type: &r.frontend_type,
+            http_status_code: r.http_status_code,
+            proxy_user: r.proxy_user.as_deref(),
+            streaming: r.streaming,
+        }
+    }
+
+    fn to_key(self) -> RollupKey {
+        RollupKey {
+            backend_type: self.backend_type.to_owned(),
+            backend: self.backend.to_owned(),
+            model: self.model.to_owned(),
+            requested_model: self.requested_model.to_owned(),
+            frontend_type: self.frontend_type.to_owned(),
+            http_status_code: self.http_status_code,
+            proxy_user: self.proxy_user.map(str::to_owned),
+            streaming: self.streaming,
+        }
+    }
+}
+
+/// True when rollups can answer: no `session_id` / `user_agent` in the
+/// filter or the grouping.
+fn rollups_can_answer(f: &UsageFilter, group_by: &[GroupKey]) -> bool {
+    f.session_id.is_none()
+        && f.user_agent.is_none()
+        && !group_by
+            .iter()
+            .any(|k| matches!(k, GroupKey::SessionId | GroupKey::UserAgent))
+}
+
+/// The in-memory side of the rollups: keys, per-day and all-time
+/// aggregates per key.
+#[derive(Debug, Default)]
+struct Rollups {
+    /// Key id (= `rollup_keys.id`) → key.
+    keys: Vec<RollupKey>,
+    key_ids: HashMap<RollupKey, u32>,
+    /// Day start (µs) → key id → aggregate.
+    days: BTreeMap<i64, HashMap<u32, Aggregate>>,
+    /// Key id → all-time aggregate.
+    totals: Vec<Aggregate>,
+    /// Stored records.
+    record_count: u64,
+}
+
+impl Rollups {
+    fn add_key(&mut self, key: RollupKey) -> u32 {
+        let id = self.keys.len() as u32;
+        self.key_ids.insert(key.clone(), id);
+        self.keys.push(key);
+        self.totals.push(Aggregate::default());
+        id
+    }
+
+    /// Folds one hour's aggregate of key `id` into the day and the totals.
+    fn apply_hour(&mut self, hour_us: i64, id: u32, agg: &Aggregate) {
+        let day = hour_us - hour_us.rem_euclid(DAY_US);
+        self.days
+            .entry(day)
+            .or_default()
+            .entry(id)
+            .or_default()
+            .merge(agg);
+        if let Some(t) = self.totals.get_mut(id as usize) {
+            t.merge(agg);
+        }
+        self.record_count += agg.request_count;
+    }
+
+    fn recompute_totals(&mut self) {
+        let mut totals = vec![Aggregate::default(); self.keys.len()];
+        let mut count = 0;
+        for day in self.days.values() {
+            for (id, agg) in day {
+                if let Some(t) = totals.get_mut(*id as usize) {
+                    t.merge(agg);
+                }
+                count += agg.request_count;
+            }
+        }
+        self.totals = totals;
+        self.record_count = count;
+    }
+}
+
+/// Whether the hour starting at `hour_us` passes the hour-of-day and
+/// day-of-week filters.
+fn hour_passes(f: &UsageFilter, hour_us: i64) -> bool {
+    f.hour_of_day
+        .is_none_or(|h| crate::time::hour_of_day(hour_us) == h)
+        && f.day_of_week
+            .is_none_or(|d| crate::time::day_of_week(hour_us) == d)
+}
+
+/// What a query reads, by source.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    /// All-time per-key aggregates.
+    totals: bool,
+    /// In-memory days `[from, to)`.
+    days: Option<(i64, i64)>,
+    /// Hourly rollup rows for hours in `[from, to)`.
+    hours: Vec<(i64, i64)>,
+    /// Raw rows with `timestamp_us` in `[from, to]` (inclusive).
+    raw: Vec<(i64, i64)>,
+}
+
+fn ceil_to(v: i64, unit: i64) -> i64 {
+    let r = v.rem_euclid(unit);
+    if r == 0 { v } else { v - r + unit }
+}
+
+fn floor_to(v: i64, unit: i64) -> i64 {
+    v - v.rem_euclid(unit)
+}
+
+/// Splits the time filter of `f` into sources (rollup-eligible filters only).
+fn plan(f: &UsageFilter) -> Plan {
+    if f.start_us.is_none()
+        && f.end_us.is_none()
+        && f.hour_of_day.is_none()
+        && f.day_of_week.is_none()
+    {
+        return Plan {
+            totals: true,
+            ..Plan::default()
+        };
+    }
+    let lo = f.start_us.unwrap_or(i64::MIN);
+    let hi = f.end_us.unwrap_or(i64::MAX);
+    let mut p = Plan::default();
+    if lo > hi {
+        return p;
+    }
+    // Whole hours [a, b).
+    let a = ceil_to(lo.max(PLAN_MIN_US), HOUR_US);
+    let b = floor_to(hi.min(PLAN_MAX_US).saturating_add(1), HOUR_US);
+    if a >= b {
+        p.raw.push((lo, hi));
+        return p;
+    }
+    if lo < a {
+        p.raw.push((lo, a - 1));
+    }
+    if b <= hi {
+        p.raw.push((b, hi));
+    }
+    if f.hour_of_day.is_some() {
+        p.hours.push((a, b));
+        return p;
+    }
+    let (da, db) = (ceil_to(a, DAY_US), floor_to(b, DAY_US));
+    if da < db {
+        p.days = Some((da, db));
+        if a < da {
+            p.hours.push((a, da));
+        }
+        if db < b {
+            p.hours.push((db, b));
+        }
+    } else {
+        p.hours.push((a, b));
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------
+// The store.
+// ---------------------------------------------------------------------------
+
+const MAX_IDLE_READERS: usize = 4;
+
+/// Usage records in SQLite, with hourly rollups (see the module docs).
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Held for reading while a query reads the database, and for writing
+    /// while a write commits, so memory and database always agree.
+    rollups: RwLock<Rollups>,
+}
+
+/// Why opening failed.
+enum OpenFailure {
+    /// The file is not a readable database: move it aside.
+    Unreadable(String),
+    /// Anything else: report.
+    Error(UsageError),
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+                OpenFailure::Unreadable(e.to_string())
+            }
+            _ => OpenFailure::Error(db_err(e)),
+        }
+    }
+}
+
+impl From<UsageError> for OpenFailure {
+    fn from(e: UsageError) -> Self {
+        OpenFailure::Error(e)
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens or creates the store at `path` (creating its directory).
+    pub fn open(path: impl AsRef<Path>) -> Result<(SqliteStore, OpenReport), UsageError> {
+        let path = path.as_ref().to_owned();
+        ensure_parent_dir(&path)?;
+        let mut report = OpenReport {
+            path: path.clone(),
+            created: !path.exists(),
+            ..OpenReport::default()
+        };
+        let store = match SqliteStore::try_open(&path, &mut report) {
+            Ok(store) => store,
+            Err(OpenFailure::Error(e)) => return Err(e),
+            Err(OpenFailure::Unreadable(reason)) => {
+                let moved = move_aside(&path, &["-wal", "-shm", "-journal"], reason)?;
+                report = OpenReport {
+                    path: path.clone(),
+                    created: true,
+                    moved_aside: Some(moved),
+                    ..OpenReport::default()
+                };
+                match SqliteStore::try_open(&path, &mut report) {
+                    Ok(store) => store,
+                    Err(OpenFailure::Error(e)) => return Err(e),
+                    Err(OpenFailure::Unreadable(reason)) => {
+                        return Err(UsageError::Database(format!(
+                            "a new database at {} is unreadable: {reason}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        };
+        report.records = store.read_rollups().record_count;
+        Ok((store, report))
+    }
+
+    fn try_open(path: &Path, report: &mut OpenReport) -> Result<SqliteStore, OpenFailure> {
+        let mut conn = open_connection(path)?;
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(OpenFailure::Unreadable(format!("quick_check: {check}")));
+        }
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(OpenFailure::Error(UsageError::SchemaTooNew {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            }));
+        }
+        if version == 0 {
+            // Takes effect only on a new database; bigger pages suit ~0.5 KB rows.
+            conn.execute_batch("PRAGMA page_size = 16384;")?;
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(OpenFailure::Error(UsageError::Database(format!(
+                "could not switch {} to WAL mode (got {mode})",
+                path.display()
+            ))));
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
+             PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 2000;",
+        )?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        if version < SCHEMA_VERSION && version > 0 {
+            report.migrated_from = Some(version);
+        }
+        let rollups = match load_rollups(&conn) {
+            Ok(r) => r,
+            Err(e) => {
+                report.rollups_rebuilt = Some(e.to_string());
+                rebuild_rollups(&mut conn)?
+            }
+        };
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            rollups: RwLock::new(rollups),
+        })
+    }
+
+    fn read_rollups(&self) -> RwLockReadGuard<'_, Rollups> {
+        self.rollups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_rollups(&self) -> RwLockWriteGuard<'_, Rollups> {
+        self.rollups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with a pooled read connection (stats never wait behind the
+    /// writer's connection).
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, UsageError>,
+    ) -> Result<T, UsageError> {
+        let pooled = lock(&self.readers).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = open_connection(&self.path).map_err(db_err)?;
+                c.execute_batch("PRAGMA query_only = 1;").map_err(db_err)?;
+                c
+            }
+        };
+        let result = f(&mut conn);
+        let mut pool = lock(&self.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Aggregates by scanning raw rows only (the reference the rollup path
+    /// must equal; also the path for `session_id` / `user_agent`).
+    fn aggregate_by_scan(
+        conn: &Connection,
+        f: &UsageFilter,
+        group_by: &[GroupKey],
+        range: Option<(i64, i64)>,
+        set: &mut AggregateSet,
+    ) -> Result<(), UsageError> {
+        for_each_record(conn, f, range, "", &mut |r| {
+            set.add(r, group_by);
+            Ok(true)
+        })
+    }
+
+    fn aggregate_with_rollups(
+        &self,
+        rollups: &Rollups,
+        conn: &Connection,
+        f: &UsageFilter,
+        group_by: &[GroupKey],
+    ) -> Result<AggregateSet, UsageError> {
+        let plan = plan(f);
+        let key_match: Vec<bool> = rollups.keys.iter().map(|k| k.matches(f)).collect();
+        let group_values: Vec<Vec<String>> = if group_by.is_empty() {
+            Vec::new()
+        } else {
+            rollups
+                .keys
+                .iter()
+                .map(|k| group_by.iter().filter_map(|g| k.value(*g)).collect())
+                .collect()
+        };
+        let mut set = AggregateSet::default();
+        let fold = |set: &mut AggregateSet, id: u32, agg: &Aggregate| {
+            set.overall.merge(agg);
+            if let Some(values) = group_values.get(id as usize) {
+                match set.groups.get_mut(values) {
+                    Some(g) => g.merge(agg),
+                    None => {
+                        set.groups.insert(values.clone(), agg.clone());
+                    }
+                }
+            }
+        };
+        if plan.totals {
+            for (id, agg) in rollups.totals.iter().enumerate() {
+                if key_match[id] && agg.request_count > 0 {
+                    fold(&mut set, id as u32, agg);
+                }
+            }
+        }
+        if let Some((from, to)) = plan.days {
+            for (day, per_key) in rollups.days.range(from..to) {
+                if f.day_of_week
+                    .is_some_and(|d| crate::time::day_of_week(*day) != d)
+                {
+                    continue;
+                }
+                for (id, agg) in per_key {
+                    if key_match.get(*id as usize).copied().unwrap_or(false) {
+                        fold(&mut set, *id, agg);
+                    }
+                }
+            }
+        }
+        if !plan.hours.is_empty() {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hour_us, key_id, aggregate FROM rollup_hours \
+                     WHERE hour_us >= ?1 AND hour_us < ?2",
+                )
+                .map_err(db_err)?;
+            for (from, to) in &plan.hours {
+                let mut rows = stmt.query(params![from, to]).map_err(db_err)?;
+                while let Some(row) = rows.next().map_err(db_err)? {
+                    let hour: i64 = row.get(0).map_err(db_err)?;
+                    let id: u32 = row.get(1).map_err(db_err)?;
+                    if !key_match.get(id as usize).copied().unwrap_or(false)
+                        || f.hour_of_day
+                            .is_some_and(|h| crate::time::hour_of_day(hour) != h)
+                        || f.day_of_week
+                            .is_some_and(|d| crate::time::day_of_week(hour) != d)
+                    {
+                        continue;
+                    }
+                    let blob = row.get_ref(2).map_err(db_err)?;
+                    let bytes = blob
+                        .as_blob()
+                        .map_err(|e| UsageError::Encoding(e.to_string()))?;
+                    fold(&mut set, id, &Aggregate::from_bytes(bytes)?);
+                }
+            }
+        }
+        for range in &plan.raw {
+            SqliteStore::aggregate_by_scan(conn, f, group_by, Some(*range), &mut set)?;
+        }
+        Ok(set)
+    }
+
+    /// Matching records, counted from rollups where possible.
+    fn count_matching(
+        &self,
+        rollups: &Rollups,
+        conn: &Connection,
+        f: &UsageFilter,
+    ) -> Result<u64, UsageError> {
+        if f.is_empty() {
+            return Ok(rollups.record_count);
+        }
+        let count_sql = |range: Option<(i64, i64)>| -> Result<u64, UsageError> {
+            let (w, vals) = where_clause(f, range);
+            let n: i64 = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM records {w}"),
+                    rusqlite::params_from_iter(vals),
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        if !rollups_can_answer(f, &[]) {
+            return count_sql(None);
+        }
+        let plan = plan(f);
+        let key_match: Vec<bool> = rollups.keys.iter().map(|k| k.matches(f)).collect();
+        let mut n = 0;
+        if plan.totals {
+            n += rollups
+                .totals
+                .iter()
+                .enumerate()
+                .filter(|(id, _)| key_match[*id])
+                .map(|(_, a)| a.request_count)
+                .sum::<u64>();
+        }
+        if let Some((from, to)) = plan.days {
+            for (day, per_key) in rollups.days.range(from..to) {
+                if f.day_of_week
+                    .is_some_and(|d| crate::time::day_of_week(*day) != d)
+                {
+                    continue;
+                }
+                n += per_key
+                    .iter()
+                    .filter(|(id, _)| key_match.get(**id as usize).copied().unwrap_or(false))
+                    .map(|(_, a)| a.request_count)
+                    .sum::<u64>();
+            }
+        }
+        if !plan.hours.is_empty() {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hour_us, key_id, request_count FROM rollup_hours \
+                     WHERE hour_us >= ?1 AND hour_us < ?2",
+                )
+                .map_err(db_err)?;
+            for (from, to) in &plan.hours {
+                let mut rows = stmt.query(params![from, to]).map_err(db_err)?;
+                while let Some(row) = rows.next().map_err(db_err)? {
+                    let hour: i64 = row.get(0).map_err(db_err)?;
+                    let id: u32 = row.get(1).map_err(db_err)?;
+                    if key_match.get(id as usize).copied().unwrap_or(false) && hour_passes(f, hour)
+                    {
+                        let c: i64 = row.get(2).map_err(db_err)?;
+                        n += u64::try_from(c).unwrap_or(0);
+                    }
+                }
+            }
+        }
+        for range in &plan.raw {
+            n += count_sql(Some(*range))?;
+        }
+        Ok(n)
+    }
+
+    #[cfg(test)]
+    fn aggregate_scan_only(
+        &self,
+        f: &UsageFilter,
+        group_by: &[GroupKey],
+    ) -> Result<AggregateSet, UsageError> {
+        self.with_reader(|conn| {
+            let mut set = AggregateSet::default();
+            SqliteStore::aggregate_by_scan(conn, f, group_by, None, &mut set)?;
+            Ok(set)
+        })
+    }
+}
+
+/// Feeds records matching `f` (within `range`) to `each` in `order` until
+/// it returns false.
+fn for_each_record(
+    conn: &Connection,
+    f: &UsageFilter,
+    range: Option<(i64, i64)>,
+    order: &str,
+    each: &mut dyn FnMut(&UsageRecord) -> Result<bool, UsageError>,
+) -> Result<(), UsageError> {
+    let (w, vals) = where_clause(f, range);
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records {w} {order}"))
+        .map_err(db_err)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(vals))
+        .map_err(db_err)?;
+    while let Some(row) = rows.next().map_err(db_err)? {
+        if !each(&read_record(row)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads keys and hourly rollups into memory.
+fn load_rollups(conn: &Connection) -> Result<Rollups, UsageError> {
+    let mut rollups = Rollups::default();
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, backend_type, backend, model, requested_model, frontend_type, \
+             http_status_code, proxy_user, streaming FROM rollup_keys ORDER BY id",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let id: i64 = row.get(0).map_err(db_err)?;
+        let key = RollupKey {
+            backend_type: row.get(1).map_err(db_err)?,
+            backend: row.get(2).map_err(db_err)?,
+            model: row.get(3).map_err(db_err)?,
+            requested_model: row.get(4).map_err(db_err)?,
+            frontend_type: row.get(5).map_err(db_err)?,
+            http_status_code: row.get(6).map_err(db_err)?,
+            proxy_user: row.get(7).map_err(db_err)?,
+            streaming: row.get(8).map_err(db_err)?,
+        };
+        if id != rollups.keys.len() as i64 || rollups.key_ids.contains_key(&key) {
+            return Err(UsageError::Encoding(format!(
+                "rollup key {id} out of sequence"
+            )));
+        }
+        rollups.add_key(key);
+    }
+    let mut stmt = conn
+        .prepare("SELECT hour_us, key_id, aggregate FROM rollup_hours")
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let hour: i64 = row.get(0).map_err(db_err)?;
+        let id: u32 = row.get(1).map_err(db_err)?;
+        if id as usize >= rollups.keys.len() || hour.rem_euclid(HOUR_US) != 0 {
+            return Err(UsageError::Encoding(format!(
+                "rollup row ({hour}, {id}) does not match a key or an hour"
+            )));
+        }
+        let blob = row.get_ref(2).map_err(db_err)?;
+        let bytes = blob
+            .as_blob()
+            .map_err(|e| UsageError::Encoding(e.to_string()))?;
+        rollups.apply_hour(hour, id, &Aggregate::from_bytes(bytes)?);
+    }
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if u64::try_from(stored).ok() != Some(rollups.record_count) {
+        return Err(UsageError::Encoding(format!(
+            "rollups cover {} records, the table holds {stored}",
+            rollups.record_count
+        )));
+    }
+    Ok(rollups)
+}
+
+/// Recomputes every rollup from the raw records.
+fn rebuild_rollups(conn: &mut Connection) -> Result<Rollups, UsageError> {
+    let tx = conn.transaction().map_err(db_err)?;
+    tx.execute_batch("DELETE FROM rollup_hours; DELETE FROM rollup_keys;")
+        .map_err(db_err)?;
+    let mut rollups = Rollups::default();
+    let mut hours: HashMap<(i64, RollupKey), Aggregate> = HashMap::new();
+    for_each_record(&tx, &UsageFilter::default(), None, "", &mut |r| {
+        hours
+            .entry((hour_floor(r.timestamp_us), RollupKey::of(r)))
+            .or_default()
+            .add(r);
+        Ok(true)
+    })?;
+    let mut sorted: Vec<((i64, RollupKey), Aggregate)> = hours.into_iter().collect();
+    sorted.sort_by_key(|((hour, _), _)| *hour);
+    for ((hour, key), agg) in sorted {
+        let id = match rollups.key_ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                insert_key(&tx, rollups.keys.len() as u32, &key)?;
+                rollups.add_key(key)
+            }
+        };
+        tx.execute(
+            "INSERT INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![hour, id, to_i64(agg.request_count), agg.to_bytes()],
+        )
+        .map_err(db_err)?;
+        rollups.apply_hour(hour, id, &agg);
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(rollups)
+}
+
+fn insert_key(conn: &Connection, id: u32, k: &RollupKey) -> Result<(), UsageError> {
+    conn.prepare_cached(
+        "INSERT INTO rollup_keys (id, backend_type, backend, model, requested_model, \
+         frontend_type, http_status_code, proxy_user, streaming) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            k.backend_type,
+            k.backend,
+            k.model,
+            k.requested_model,
+            k.frontend_type,
+            k.http_status_code,
+            k.proxy_user,
+            k.streaming
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// The aggregate of the stored records of one hour and key, from raw rows.
+fn hour_from_rows(conn: &Connection, hour: i64, key: &RollupKey) -> Result<Aggregate, UsageError> {
+    let mut agg = Aggregate::default();
+    for_each_record(
+        conn,
+        &UsageFilter::default(),
+        Some((hour, hour + HOUR_US - 1)),
+        "",
+        &mut |r| {
+            if RollupKey::of(r) == *key {
+                agg.add(r);
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(agg)
+}
+
+impl UsageStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(db_err)?;
+        // Insert, grouping the records actually inserted by (hour, key).
+        let mut fresh: HashMap<(i64, RollupKeyRef<'_>), Aggregate> = HashMap::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}) VALUES ({})",
+                    ["?"; 35].join(", ")
+                ))
+                .map_err(db_err)?;
+            for r in records {
+                if insert_record(&mut stmt, r)? == 1 {
+                    fresh
+                        .entry((hour_floor(r.timestamp_us), RollupKeyRef::of(r)))
+                        .or_default()
+                        .add(r);
+                }
+            }
+        }
+        // Resolve key ids; new keys get the next ids.
+        let mut new_keys: Vec<RollupKey> = Vec::new();
+        let mut touched: Vec<(i64, u32, RollupKey, Aggregate)> = Vec::with_capacity(fresh.len());
+        {
+            let known = self.read_rollups();
+            let mut new_ids: HashMap<RollupKey, u32> = HashMap::new();
+            for ((hour, key), agg) in fresh {
+                let key = key.to_key();
+                let id = match known.key_ids.get(&key).or_else(|| new_ids.get(&key)) {
+                    Some(id) => *id,
+                    None => {
+                        let id = (known.keys.len() + new_keys.len()) as u32;
+                        insert_key(&tx, id, &key)?;
+                        new_ids.insert(key.clone(), id);
+                        new_keys.push(key.clone());
+                        id
+                    }
+                };
+                touched.push((hour, id, key, agg));
+            }
+        }
+        // Read-modify-write each touched hour.
+        {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT aggregate FROM rollup_hours WHERE hour_us = ?1 AND key_id = ?2",
+                )
+                .map_err(db_err)?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db_err)?;
+            for (hour, id, key, agg) in &touched {
+                let stored: Option<Vec<u8>> = get
+                    .query_row(params![*hour, *id], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                let merged = match stored.map(|b| Aggregate::from_bytes(&b)) {
+                    None => agg.clone(),
+                    Some(Ok(mut m)) => {
+                        m.merge(agg);
+                        m
+                    }
+                    // A damaged rollup row is recomputed from the raw rows
+                    // (which include this batch).
+                    Some(Err(_)) => hour_from_rows(&tx, *hour, key)?,
+                };
+                put.execute(params![
+                    *hour,
+                    *id,
+                    to_i64(merged.request_count),
+                    merged.to_bytes()
+                ])
+                .map_err(db_err)?;
+            }
+        }
+        // Commit while holding the rollups, so readers never see the
+        // database and memory disagree.
+        let mut rollups = self.write_rollups();
+        tx.commit().map_err(db_err)?;
+        for key in new_keys {
+            rollups.add_key(key);
+        }
+        for (hour, id, _, agg) in &touched {
+            rollups.apply_hour(*hour, *id, agg);
+        }
+        Ok(())
+    }
+
+    fn recent(
+        &self,
+        filter: &UsageFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<RecentPage, UsageError> {
+        let rollups = self.read_rollups();
+        self.with_reader(|conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            let total = self.count_matching(&rollups, &tx, filter)?;
+            let mut records = Vec::new();
+            if limit > 0 && (offset as u64) < total {
+                let (w, mut vals) = where_clause(filter, None);
+                vals.push(Value::Integer(to_i64(limit as u64)));
+                vals.push(Value::Integer(to_i64(offset as u64)));
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM records {w} \
+                     ORDER BY timestamp_us DESC, id DESC LIMIT ? OFFSET ?"
+                    ))
+                    .map_err(db_err)?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(vals))
+                    .map_err(db_err)?;
+                while let Some(row) = rows.next().map_err(db_err)? {
+                    records.push(read_record(row)?);
+                }
+            }
+            Ok(RecentPage { records, total })
+        })
+    }
+
+    fn aggregate(
+        &self,
+        filter: &UsageFilter,
+        group_by: &[GroupKey],
+    ) -> Result<AggregateSet, UsageError> {
+        if !rollups_can_answer(filter, group_by) {
+            return self.with_reader(|conn| {
+                let tx = conn.transaction().map_err(db_err)?;
+                let mut set = AggregateSet::default();
+                SqliteStore::aggregate_by_scan(&tx, filter, group_by, None, &mut set)?;
+                Ok(set)
+            });
+        }
+        let rollups = self.read_rollups();
+        self.with_reader(|conn| {
+            let tx = conn.transaction().map_err(db_err)?;
+            self.aggregate_with_rollups(&rollups, &tx, filter, group_by)
+        })
+    }
+
+    fn export(
+        &self,
+        filter: &UsageFilter,
+        sink: &mut dyn FnMut(&UsageRecord) -> bool,
+    ) -> Result<u64, UsageError> {
+        self.with_reader(|conn| {
+            // One read transaction: a consistent snapshot, streamed row by row.
+            let tx = conn.transaction().map_err(db_err)?;
+            let mut fed = 0;
+            for_each_record(&tx, filter, None, "ORDER BY timestamp_us, id", &mut |r| {
+                fed += 1;
+                Ok(sink(r))
+            })?;
+            Ok(fed)
+        })
+    }
+
+    fn prune(&self, before_us: i64) -> Result<u64, UsageError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(db_err)?;
+        let removed = tx
+            .execute("DELETE FROM records WHERE timestamp_us < ?1", [before_us])
+            .map_err(db_err)?;
+        if removed == 0 {
+            tx.commit().map_err(db_err)?;
+            return Ok(0);
+        }
+        let partial_hour = hour_floor(before_us);
+        tx.execute(
+            "DELETE FROM rollup_hours WHERE hour_us < ?1",
+            [partial_hour],
+        )
+        .map_err(db_err)?;
+        let keys = self.read_rollups().keys.clone();
+        if partial_hour < before_us {
+            tx.execute(
+                "DELETE FROM rollup_hours WHERE hour_us = ?1",
+                [partial_hour],
+            )
+            .map_err(db_err)?;
+            let mut by_key: HashMap<RollupKey, Aggregate> = HashMap::new();
+            for_each_record(
+                &tx,
+                &UsageFilter::default(),
+                Some((partial_hour, partial_hour + HOUR_US - 1)),
+                "",
+                &mut |r| {
+                    by_key.entry(RollupKey::of(r)).or_default().add(r);
+                    Ok(true)
+                },
+            )?;
+            let ids: HashMap<&RollupKey, usize> =
+                keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+            for (key, agg) in by_key {
+                // Every stored record's key is known.
+                let id = ids.get(&key).copied().ok_or_else(|| {
+                    UsageError::Database("record with an unknown rollup key".into())
+                })?;
+                tx.execute(
+                    "INSERT INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        partial_hour,
+                        id as i64,
+                        to_i64(agg.request_count),
+                        agg.to_bytes()
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        let mut rollups = self.write_rollups();
+        tx.commit().map_err(db_err)?;
+        // Memory: drop whole days, recompute the partial day from its hours.
+        let partial_day = floor_to(before_us, DAY_US);
+        rollups.days = rollups.days.split_off(&partial_day);
+        if partial_day < before_us {
+            rollups.days.remove(&partial_day);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hour_us, key_id, aggregate FROM rollup_hours \
+                     WHERE hour_us >= ?1 AND hour_us < ?2",
+                )
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![partial_day, partial_day + DAY_US])
+                .map_err(db_err)?;
+            let mut day: HashMap<u32, Aggregate> = HashMap::new();
+            while let Some(row) = rows.next().map_err(db_err)? {
+                let id: u32 = row.get(1).map_err(db_err)?;
+                let blob: Vec<u8> = row.get(2).map_err(db_err)?;
+                day.entry(id)
+                    .or_default()
+                    .merge(&Aggregate::from_bytes(&blob)?);
+            }
+            if !day.is_empty() {
+                rollups.days.insert(partial_day, day);
+            }
+        }
+        rollups.recompute_totals();
+        Ok(removed as u64)
+    }
+
+    fn flush(&self) -> Result<(), UsageError> {
+        let conn = lock(&self.writer);
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(db_err)
+    }
+
+    fn count(&self) -> Result<u64, UsageError> {
+        Ok(self.read_rollups().record_count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{self, synthetic_records};
+
+    fn temp_store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var").join("usage.sqlite3");
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert!(report.created && report.problem().is_none());
+        (dir, path, store)
+    }
+
+    #[test]
+    fn sqlite_store_conforms() {
+        let (_dir, _path, store) = temp_store();
+        conformance::check_all(&store).unwrap();
+    }
+
+    #[test]
+    fn sqlite_store_persists_across_reopen() {
+        let (_dir, path, store) = temp_store();
+        drop(store);
+        conformance::check_reopen(&mut || {
+            SqliteStore::open(&path).map(|(s, _)| Box::new(s) as Box<dyn UsageStore>)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn rollup_and_scan_paths_agree() {
+        let (_dir, _path, store) = temp_store();
+        let start = 1_767_571_200_000_000 + 5 * HOUR_US + 123; // 2026-01-05T05:00Z
+        let records = synthetic_records(3000, start, 9 * DAY_US, 3);
+        for chunk in records.chunks(256) {
+            store.insert(chunk).unwrap();
+        }
+        let mut rng = conformance::SplitMix::new(9);
+        let span = 11 * DAY_US;
+        for i in 0..150 {
+            let mut f = UsageFilter::default();
+            let a = start - DAY_US + (rng.unit() * span as f64) as i64;
+            let b = a + (rng.unit() * (span / (1 + (i % 5) as i64)) as f64) as i64;
+            match i % 6 {
+                0 => f.start_us = Some(a),
+                1 => f.end_us = Some(b),
+                2 => f.start_us = Some(floor_to(a, DAY_US)),
+                _ => {
+                    f.start_us = Some(if i % 4 == 0 { floor_to(a, HOUR_US) } else { a });
+                    f.end_us = Some(b);
+                }
+            }
+            if i % 3 == 0 {
+                f.backend = Some(["openai", "anthropic", "openrouter"][i % 3].into());
+            }
+            if i % 7 == 0 {
+                f.hour_of_day = Some((i % 24) as u8);
+            }
+            if i % 5 == 0 {
+                f.day_of_week = Some((i % 7) as u8);
+            }
+            if i % 8 == 0 {
+                f.http_status_code = Some(200);
+                f.proxy_user = Some("bob".into());
+            }
+            let group_by: &[GroupKey] = match i % 4 {
+                0 => &[],
+                1 => &[GroupKey::Model],
+                2 => &[GroupKey::Streaming, GroupKey::HttpStatusCode],
+                _ => &[
+                    GroupKey::ProxyUser,
+                    GroupKey::RequestedModel,
+                    GroupKey::FrontendType,
+                ],
+            };
+            let fast = store.aggregate(&f, group_by).unwrap();
+            let slow = store.aggregate_scan_only(&f, group_by).unwrap();
+            assert_eq!(fast, slow, "filter {f:?} group_by {group_by:?}");
+            let n = records.iter().filter(|r| f.matches(r)).count() as u64;
+            assert_eq!(fast.overall.request_count, n);
+            assert_eq!(store.recent(&f, 1, 0).unwrap().total, n, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn plans_use_days_hours_and_raw_edges() {
+        let day = 20_000 * DAY_US;
+        let f = |s: Option<i64>, e: Option<i64>| UsageFilter {
+            start_us: s,
+            end_us: e,
+            ..UsageFilter::default()
+        };
+        assert!(plan(&UsageFilter::default()).totals);
+        let p = plan(&f(Some(day + 5), Some(day + 3 * DAY_US + 2 * HOUR_US + 7)));
+        assert_eq!(p.days, Some((day + DAY_US, day + 3 * DAY_US)));
+        assert_eq!(
+            p.hours,
+            vec![
+                (day + HOUR_US, day + DAY_US),
+                (day + 3 * DAY_US, day + 3 * DAY_US + 2 * HOUR_US)
+            ]
+        );
+        assert_eq!(
+            p.raw,
+            vec![
+                (day + 5, day + HOUR_US - 1),
+                (
+                    day + 3 * DAY_US + 2 * HOUR_US,
+                    day + 3 * DAY_US + 2 * HOUR_US + 7
+                )
+            ]
+        );
+        let p = plan(&f(Some(day), Some(day + DAY_US - 1)));
+        assert_eq!(
+            (p.days, p.hours.len(), p.raw.len()),
+            (Some((day, day + DAY_US)), 0, 0)
+        );
+        let p = plan(&f(Some(day + 10), Some(day + 20)));
+        assert_eq!(p.raw, vec![(day + 10, day + 20)]);
+        assert!(plan(&f(Some(day + 20), Some(day + 10))) == Plan::default());
+    }
+
+    #[test]
+    fn unreadable_files_are_moved_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sqlite3");
+        {
+            let (store, _) = SqliteStore::open(&path).unwrap();
+            store
+                .insert(&synthetic_records(200, 1_767_571_200_000_000, DAY_US, 1))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let good = std::fs::read(&path).unwrap();
+        let wal = {
+            let mut p = path.as_os_str().to_owned();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        let mut garbage = b"this is not a database at all, just text".repeat(200);
+        garbage.truncate(5000);
+        for bad in [
+            good[..good.len() / 3].to_vec(),
+            garbage,
+            good[..50].to_vec(),
+        ] {
+            let _ = std::fs::remove_file(&wal);
+            std::fs::write(&path, &bad).unwrap();
+            let (store, report) = SqliteStore::open(&path).unwrap();
+            let moved = report.moved_aside.clone().expect("moved aside");
+            assert!(report.problem().is_some(), "{report:?}");
+            assert_eq!(
+                std::fs::read(&moved.moved_to).unwrap(),
+                bad,
+                "file kept as is"
+            );
+            assert!(
+                moved
+                    .moved_to
+                    .to_string_lossy()
+                    .contains("usage.sqlite3.corrupt-")
+            );
+            assert_eq!(store.count().unwrap(), 0);
+            store.insert(&synthetic_records(3, 0, 1000, 5)).unwrap();
+            assert_eq!(store.count().unwrap(), 3);
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_the_file_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sqlite3");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(UsageError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1
+        ));
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn damaged_rollups_are_rebuilt_from_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sqlite3");
+        let records = synthetic_records(500, 1_767_571_200_000_000, 2 * DAY_US, 4);
+        let want = {
+            let (store, _) = SqliteStore::open(&path).unwrap();
+            store.insert(&records).unwrap();
+            store
+                .aggregate(&UsageFilter::default(), &[GroupKey::Model])
+                .unwrap()
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute("UPDATE rollup_hours SET aggregate = x'00'", [])
+                .unwrap();
+        }
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert!(report.rollups_rebuilt.is_some());
+        assert_eq!(report.records, 500);
+        assert_eq!(
+            store
+                .aggregate(&UsageFilter::default(), &[GroupKey::Model])
+                .unwrap(),
+            want
+        );
+    }
+}

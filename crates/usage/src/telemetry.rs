@@ -1,0 +1,21 @@
+//! Usage metric names, in one place. Labels are backend names (from config)
+//! and fixed sets only.
+
+/// Records written to the store, by `backend`.
+pub const RECORDS_TOTAL: &str = "llm_proxy_usage_records_total";
+/// Exchanges that produced no record, by `reason` (`queue_full`, `shut_down`, `store_error`).
+pub const RECORDS_DROPPED_TOTAL: &str = "llm_proxy_usage_records_dropped_total";
+/// Tokens of record, by `backend` and `kind` (`prompt`, `completion`, `cached`, `reasoning`).
+pub const TOKENS_TOTAL: &str = "llm_proxy_usage_tokens_total";
+/// Known cost in USD, by `backend` (a gauge that only grows: costs are fractional).
+pub const COST_USD_TOTAL: &str = "llm_proxy_usage_cost_usd_total";
+/// Exchanges waiting for the record builder.
+pub const QUEUE_DEPTH: &str = "llm_proxy_usage_queue_depth";
+/// Records built but not yet in the store.
+pub const PENDING_RECORDS: &str = "llm_proxy_usage_pending_records";
+/// Exchange end → record durable in the store.
+pub const FLUSH_LAG_SECONDS: &str = "llm_proxy_usage_flush_lag_seconds";
+/// Failed store writes.
+pub const STORE_ERRORS_TOTAL: &str = "llm_proxy_usage_store_errors_total";
+/// Records whose tokens were estimated because the builder fell behind.
+pub const ESTIMATED_TOTAL: &str = "llm_proxy_usage_estimated_records_total";

@@ -1,0 +1,366 @@
+//! The usage tracker handle: builds the collector (observer), the builder
+//! thread and the writer thread, answers queries, and flushes on shutdown.
+//!
+//! Record flow: request path → [`UsageCollector`] (bounded queue, never
+//! waits) → builder thread (parse, count, price) → pending buffer → writer
+//! thread (batched store insert every `flush_interval_seconds`). Queries see
+//! the store plus the pending buffer, so a record is visible as soon as it is
+//! built, and never counted twice.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::builder::RecordBuilder;
+use crate::collect::{FinishedExchange, UsageCollector};
+use crate::config::UsageTrackingConfig;
+use crate::error::UsageError;
+use crate::pricing::PriceTable;
+use crate::query::{Stats, UsageQuery};
+use crate::record::UsageRecord;
+use crate::store::{AggregateSet, RecentPage, UsageStore};
+use crate::telemetry;
+use crate::tokens::TokenCounter;
+
+/// Past this many exchanges waiting, the builder estimates tokens instead of
+/// tokenizing, to catch up.
+const ESTIMATE_BACKLOG: usize = 1_000;
+
+/// State shared by the threads and the query side.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn UsageStore>,
+    /// Built records not yet in the store, oldest first.
+    pending: Mutex<Vec<(UsageRecord, Instant)>>,
+    /// Held for writing while a batch moves from `pending` to the store, so
+    /// readers never see a record in both or in neither.
+    moving: RwLock<()>,
+    backlog: AtomicUsize,
+    stopping: AtomicBool,
+    max_pending: usize,
+}
+
+/// The running usage tracker.
+pub struct UsageTracker {
+    collector: Arc<UsageCollector>,
+    shared: Arc<Shared>,
+    builder: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for UsageTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTracker")
+            .field("store", &self.shared.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsageTracker {
+    /// Starts the tracker over `store`.
+    pub fn start(
+        config: &UsageTrackingConfig,
+        store: Arc<dyn UsageStore>,
+        prices: Arc<PriceTable>,
+    ) -> Result<UsageTracker, UsageError> {
+        let (tx, rx) = mpsc::sync_channel::<FinishedExchange>(config.queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            store,
+            pending: Mutex::new(Vec::new()),
+            moving: RwLock::new(()),
+            backlog: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            max_pending: config.max_records_in_memory.max(1),
+        });
+        let collector = Arc::new(UsageCollector::new(tx, shared.clone()));
+        let counter = Arc::new(TokenCounter::new());
+        let builder = RecordBuilder::new(counter, prices);
+        let builder = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("usage-builder".into())
+                .spawn(move || build_loop(rx, builder, &shared))
+                .map_err(|e| {
+                    UsageError::Database(format!("cannot start the usage builder thread: {e}"))
+                })?
+        };
+        let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
+            .unwrap_or(Duration::from_secs(1));
+        let retention = config
+            .retention_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("usage-writer".into())
+                .spawn(move || write_loop(&shared, interval, retention))
+                .map_err(|e| {
+                    UsageError::Database(format!("cannot start the usage writer thread: {e}"))
+                })?
+        };
+        Ok(UsageTracker {
+            collector,
+            shared,
+            builder: Some(builder),
+            writer: Some(writer),
+        })
+    }
+
+    /// The observer to register with the pipeline.
+    pub fn collector(&self) -> Arc<UsageCollector> {
+        self.collector.clone()
+    }
+
+    /// A cheap handle for answering queries.
+    pub fn queries(&self) -> UsageQueries {
+        UsageQueries {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Builds every queued exchange, writes every pending record and makes
+    /// the store durable. Call after the server stopped taking requests.
+    pub fn shutdown(mut self) -> Result<u64, UsageError> {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(b) = self.builder.take() {
+            let _ = b.join();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        flush_pending(&self.shared)?;
+        self.shared.store.flush()?;
+        self.shared.store.count()
+    }
+}
+
+fn build_loop(rx: Receiver<FinishedExchange>, mut builder: RecordBuilder, shared: &Shared) {
+    // Building the tokenizers takes a while; do it before the first record needs them.
+    if let Err(e) = builder.warm_up() {
+        tracing::warn!(error = %e, "tokenizers unavailable; token counts will be estimates");
+    }
+    loop {
+        let ex = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ex) => ex,
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let backlog = shared
+            .backlog
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(backlog as f64);
+        let estimate = backlog > ESTIMATE_BACKLOG;
+        if estimate {
+            metrics::counter!(telemetry::ESTIMATED_TOTAL).increment(1);
+        }
+        let record = builder.build(&ex, estimate);
+        emit_record_metrics(&record);
+        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= shared.max_pending {
+            // The store has been failing for a while: keep the newest.
+            pending.remove(0);
+            metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "store_error")
+                .increment(1);
+        }
+        pending.push((record, ex.ended_at));
+        metrics::gauge!(telemetry::PENDING_RECORDS).set(pending.len() as f64);
+    }
+}
+
+fn emit_record_metrics(r: &UsageRecord) {
+    let backend = r.backend.clone();
+    metrics::counter!(telemetry::RECORDS_TOTAL, "backend" => backend.clone()).increment(1);
+    metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => "prompt")
+        .increment(r.prompt_tokens);
+    metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => "completion")
+        .increment(r.completion_tokens);
+    if let Some(u) = &r.backend_reported_usage {
+        if let Some(c) = u.cached_tokens {
+            metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => "cached").increment(c);
+        }
+        if let Some(c) = u.reasoning_tokens {
+            metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => "reasoning")
+                .increment(c);
+        }
+    }
+    if let Some(cost) = r.cost_usd {
+        // A float total: exported as a gauge that only grows.
+        metrics::gauge!(telemetry::COST_USD_TOTAL, "backend" => backend).increment(cost);
+    }
+}
+
+fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) {
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        let deadline = Instant::now() + interval;
+        while Instant::now() < deadline {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(interval));
+        }
+        if let Err(e) = flush_pending(shared) {
+            tracing::error!(error = %e, store = %shared.store.describe(), "usage flush failed; will retry");
+        }
+        if let Some(keep) = retention
+            && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+        {
+            last_prune = Some(Instant::now());
+            let cutoff = crate::time::system_time_us(std::time::SystemTime::now())
+                - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+            match shared.store.prune(cutoff) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(records = n, "pruned usage records past retention")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "usage pruning failed"),
+            }
+        }
+    }
+}
+
+/// Moves every pending record into the store.
+fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
+    let _moving = shared.moving.write().unwrap_or_else(|p| p.into_inner());
+    let batch: Vec<(UsageRecord, Instant)> = {
+        let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.clone()
+    };
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<UsageRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+    if let Err(e) = shared.store.insert(&records) {
+        metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
+        return Err(e);
+    }
+    let now = Instant::now();
+    for (_, ended) in &batch {
+        metrics::histogram!(telemetry::FLUSH_LAG_SECONDS)
+            .record(now.duration_since(*ended).as_secs_f64());
+    }
+    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    let n = batch.len().min(pending.len());
+    pending.drain(..n);
+    metrics::gauge!(telemetry::PENDING_RECORDS).set(pending.len() as f64);
+    Ok(())
+}
+
+impl Shared {
+    pub(crate) fn note_queued(&self) {
+        let depth = self.backlog.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
+    }
+
+    pub(crate) fn note_unqueued(&self) {
+        self.backlog.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers usage queries from the store plus the pending records.
+#[derive(Clone)]
+pub struct UsageQueries {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for UsageQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageQueries").finish_non_exhaustive()
+    }
+}
+
+impl UsageQueries {
+    /// `/v1/usage/stats`. Blocking: call from a blocking thread.
+    pub fn stats(&self, query: &UsageQuery) -> Result<Stats, UsageError> {
+        let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
+        let mut set = self
+            .shared
+            .store
+            .aggregate(&query.filter, &query.group_by)?;
+        let mut fresh = AggregateSet::default();
+        for (r, _) in self.pending_matching(query).iter() {
+            fresh.add(r, &query.group_by);
+        }
+        set.merge(&fresh);
+        Ok(crate::aggregate::finish_stats(
+            &set,
+            &query.filter,
+            &query.group_by,
+        ))
+    }
+
+    /// `/v1/usage/recent`. Blocking: call from a blocking thread.
+    pub fn recent(&self, query: &UsageQuery) -> Result<RecentPage, UsageError> {
+        let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
+        // Pending records are the newest: they come first.
+        let mut fresh: Vec<UsageRecord> = self
+            .pending_matching(query)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        fresh.sort_by_key(|r| std::cmp::Reverse((r.timestamp_us, r.id.clone())));
+        let fresh_total = fresh.len();
+        let mut records: Vec<UsageRecord> = fresh
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+        let store_offset = query.offset.saturating_sub(fresh_total);
+        let store_limit = query.limit - records.len();
+        let page = self
+            .shared
+            .store
+            .recent(&query.filter, store_limit.max(1), store_offset)?;
+        if store_limit > 0 {
+            records.extend(page.records.into_iter().take(store_limit));
+        }
+        Ok(RecentPage {
+            records,
+            total: page.total + fresh_total as u64,
+        })
+    }
+
+    /// Feeds every matching record, oldest first, to `sink` (stored ones,
+    /// then pending ones). Blocking: call from a blocking thread.
+    pub fn export(
+        &self,
+        query: &UsageQuery,
+        sink: &mut dyn FnMut(&UsageRecord) -> bool,
+    ) -> Result<u64, UsageError> {
+        let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
+        let mut more = true;
+        let mut n = self.shared.store.export(&query.filter, &mut |r| {
+            more = sink(r);
+            more
+        })?;
+        if more {
+            for (r, _) in self.pending_matching(query) {
+                n += 1;
+                if !sink(&r) {
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn pending_matching(&self, query: &UsageQuery) -> Vec<(UsageRecord, Instant)> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .filter(|(r, _)| query.filter.matches(r))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,343 @@
+//! Usage tracking end to end: one accurate record per request (SDK traffic
+//! of both protocols, JSON and streams, tool calls, upstream errors), stats
+//! that add up, filters, cost, client disconnects, and durability.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::python::{python, run_script, workspace_root};
+use common::*;
+use llm_proxy_core::{BackendType, Frontend};
+use llm_proxy_testkit::{MockUpstream, MockUpstreamConfig};
+use serde_json::Value;
+
+async fn proxy_with_usage(up: &MockUpstream, persistence_path: &str) -> Proxy {
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    add_backend(&mut c, "anthropic", BackendType::Anthropic, &up.base_url());
+    c.usage_tracking.persistence_path = persistence_path.to_owned();
+    c.usage_tracking.flush_interval_seconds = 0.2;
+    Proxy::start(c).await
+}
+
+async fn recent(proxy: &Proxy, query: &str) -> Value {
+    let r = get(&proxy.url(&format!("/v1/usage/recent?{query}")), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+async fn stats(proxy: &Proxy, query: &str) -> Value {
+    let r = get(&proxy.url(&format!("/v1/usage/stats?{query}")), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+/// Waits until `/v1/usage/recent` reports `n` records.
+async fn wait_for_records(proxy: &Proxy, n: u64) -> Value {
+    for _ in 0..200 {
+        let v = recent(proxy, "limit=1000").await;
+        if v["total"].as_u64() == Some(n) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "never saw {n} usage records: {}",
+        recent(proxy, "limit=1000").await
+    );
+}
+
+fn frontend_of(path: &str) -> Frontend {
+    Frontend::from_path(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_traffic_gives_one_accurate_record_per_request() {
+    let up = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    let proxy = proxy_with_usage(&up, ":memory:").await;
+    let script = workspace_root().join("tests/py/usage_mix.py");
+    let python = python();
+    let url = format!("http://{}", proxy.addr);
+    let out = tokio::task::spawn_blocking(move || run_script(&python, &script, &url))
+        .await
+        .unwrap();
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "usage_mix.py failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+
+    let v = wait_for_records(&proxy, 8).await;
+    let mut records: Vec<Value> = v["records"].as_array().unwrap().clone();
+    records.reverse(); // oldest first, the order the script sent them
+    let seen = up.requests();
+    assert_eq!(
+        seen.len(),
+        8,
+        "one upstream request per SDK call (no retries)"
+    );
+
+    let expect_status = [200, 200, 200, 200, 200, 200, 429, 500];
+    let expect_tools: [&[&str]; 8] = [
+        &[],
+        &[],
+        &["get_weather"],
+        &[],
+        &[],
+        &["get_weather"],
+        &[],
+        &[],
+    ];
+    for (i, (record, upstream)) in records.iter().zip(&seen).enumerate() {
+        let ctx = format!("request {} ({}): {record:#}", i + 1, upstream.path);
+        assert_eq!(record["http_status_code"], expect_status[i], "{ctx}");
+        assert_eq!(record["session_id"], "usage-mix", "{ctx}");
+        assert_eq!(record["turn_number"], i as u64 + 1, "{ctx}");
+        let tools: Vec<&str> = record["tool_names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        assert_eq!(tools, expect_tools[i], "{ctx}");
+        assert_eq!(record["tool_call_count"], expect_tools[i].len(), "{ctx}");
+        if expect_status[i] == 200 {
+            // The mock's own usage for the request it received.
+            let body = upstream.json().unwrap();
+            let usage =
+                llm_proxy_core::mock::usage_for(frontend_of(&upstream.path), &body).unwrap();
+            assert_eq!(record["prompt_tokens"], usage.prompt_tokens, "{ctx}");
+            assert_eq!(
+                record["completion_tokens"], usage.completion_tokens,
+                "{ctx}"
+            );
+            assert_eq!(record["total_tokens"], usage.total_tokens, "{ctx}");
+            assert_eq!(record["token_source"], "backend", "{ctx}");
+            assert_eq!(record["completion_outcome"], "completed", "{ctx}");
+            let ttft = record["ttft_ms"].as_f64().unwrap();
+            assert!(
+                (100.0..150.0).contains(&ttft),
+                "TTFT {ttft} ms vs a 100 ms first-token delay; {ctx}"
+            );
+            assert!(
+                record["verbatim_prompt_tokens"].as_u64().unwrap() > 0,
+                "{ctx}"
+            );
+            assert!(
+                record["verbatim_completion_tokens"].as_u64().unwrap() > 0,
+                "{ctx}"
+            );
+        }
+    }
+    // Streamed OpenAI chat without include_usage still has backend usage.
+    assert_eq!(records[1]["streaming"], true);
+    assert!(records[1]["backend_reported_usage"]["prompt_tokens"].is_u64());
+    assert_eq!(records[3]["frontend_type"], "anthropic");
+    assert_eq!(records[3]["backend"], "anthropic");
+    assert_eq!(records[3]["model"], "claude-haiku-4-5");
+    assert_eq!(records[3]["requested_model"], "anthropic:claude-haiku-4-5");
+
+    // Stats are the sums over the records.
+    let s = stats(&proxy, "").await;
+    let sum = |field: &str| {
+        records
+            .iter()
+            .map(|r| r[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(s["request_count"], 8);
+    assert_eq!(s["total_prompt_tokens"], sum("prompt_tokens"));
+    assert_eq!(s["total_completion_tokens"], sum("completion_tokens"));
+    assert_eq!(s["total_tokens"], sum("total_tokens"));
+    assert_eq!(s["total_tool_calls"], 2);
+    assert_eq!(s["tool_call_counts"]["get_weather"], 2);
+    assert_eq!(s["status_code_counts"]["200"], 6);
+    assert_eq!(s["status_code_counts"]["429"], 1);
+    assert_eq!(s["status_code_counts"]["500"], 1);
+    assert_eq!(s["error_count"], 2);
+    assert_eq!(s["unique_sessions"], 1);
+    assert_eq!(s["ttft_stats"]["count"], 8);
+    let cost: f64 = records.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
+    assert!((s["total_cost"].as_f64().unwrap() - cost).abs() < 1e-12);
+    assert!(cost > 0.0, "gpt-4o-mini and claude-haiku-4-5 are priced");
+
+    // Filters and grouping.
+    assert_eq!(
+        stats(&proxy, "frontend_type=anthropic").await["request_count"],
+        4
+    );
+    assert_eq!(
+        stats(&proxy, "backend=openai&http_status_code=429").await["request_count"],
+        1
+    );
+    assert_eq!(stats(&proxy, "model=gpt-4o-mini").await["request_count"], 4);
+    let g = stats(&proxy, "group_by=frontend_type").await;
+    let groups = g["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    for group in groups {
+        assert_eq!(group["request_count"], 4, "{group}");
+    }
+    let r = get(&proxy.url("/v1/usage/stats?hour_of_day=25"), &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("hour_of_day"), "{}", r.body);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_exchange_costs_the_same_streamed_or_not_and_unknown_models_cost_null() {
+    let up = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    let proxy = proxy_with_usage(&up, ":memory:").await;
+    let url = proxy.url("/v1/chat/completions");
+    assert_eq!(
+        post(
+            &url,
+            &chat("openai:gpt-4o-mini", "one two three", false),
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    let s = post_stream(
+        &url,
+        &chat("openai:gpt-4o-mini", "one two three", true),
+        &[],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        post(&url, &chat("openai:no-such-model-xyz", "hi", false), &[])
+            .await
+            .status,
+        200
+    );
+    let v = wait_for_records(&proxy, 3).await;
+    let records = v["records"].as_array().unwrap();
+    let (unknown, streamed, plain) = (&records[0], &records[1], &records[2]);
+    assert_eq!(plain["streaming"], false);
+    assert_eq!(streamed["streaming"], true);
+    assert_eq!(plain["cost_source"], "pricing_table");
+    assert!(plain["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(plain["cost_usd"], streamed["cost_usd"]);
+    assert_eq!(plain["total_tokens"], streamed["total_tokens"]);
+    assert_eq!(unknown["cost_usd"], Value::Null);
+    assert_eq!(unknown["cost_source"], "unknown");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_leaves_an_incomplete_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    let proxy = proxy_with_usage(&up, ":memory:").await;
+    let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let body = chat("openai:gpt-4o-mini", "a b c d e f g h", true);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-mock-inter-chunk-delay-ms: 200\r\nx-mock-chunks: 10\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    // Read until a couple of content chunks arrived, then leave.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(7).filter(|w| w == b"content").count() < 3 {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(sock);
+    let v = wait_for_records(&proxy, 1).await;
+    let r = &v["records"][0];
+    assert_eq!(r["completion_outcome"], "incomplete", "{r:#}");
+    assert_eq!(r["incomplete_reason"], "client_disconnect");
+    let seen = r["verbatim_completion_tokens"].as_u64().unwrap();
+    assert!(
+        seen > 0,
+        "the tokens seen before the disconnect are counted: {r:#}"
+    );
+    assert!(
+        r["backend_reported_usage"].is_null(),
+        "the stream never reached its usage chunk"
+    );
+    assert_eq!(r["token_source"], "proxy", "{r:#}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn records_survive_a_restart_and_a_damaged_store_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.sqlite3");
+    let path_s = path.to_str().unwrap().to_owned();
+    let up = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+
+    let proxy = proxy_with_usage(&up, &path_s).await;
+    for i in 0..5 {
+        let r = post(
+            &proxy.url("/v1/chat/completions"),
+            &chat("openai:gpt-4o-mini", &format!("hello {i}"), false),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    wait_for_records(&proxy, 5).await;
+    proxy.stop().await; // drains and flushes
+
+    let proxy = proxy_with_usage(&up, &path_s).await;
+    assert_eq!(
+        stats(&proxy, "").await["request_count"],
+        5,
+        "old records are in stats after a restart"
+    );
+    proxy.stop().await;
+
+    // A store file that is not a database is kept, moved aside, never overwritten.
+    let garbage = dir.path().join("broken.sqlite3");
+    std::fs::write(
+        &garbage,
+        b"this is not a sqlite database, just text that must survive",
+    )
+    .unwrap();
+    let proxy = proxy_with_usage(&up, garbage.to_str().unwrap()).await;
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("broken.sqlite3.corrupt-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is moved aside");
+    assert_eq!(
+        std::fs::read(kept[0].path()).unwrap(),
+        b"this is not a sqlite database, just text that must survive"
+    );
+    let r = post(
+        &proxy.url("/v1/chat/completions"),
+        &chat("openai:gpt-4o-mini", "still works", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    wait_for_records(&proxy, 1).await;
+    proxy.stop().await;
+}
