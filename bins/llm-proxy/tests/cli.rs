@@ -31,13 +31,17 @@ impl Drop for Running {
 }
 
 fn command(args: &[&str]) -> Command {
+    command_with_store(args, ":memory:")
+}
+
+fn command_with_store(args: &[&str], usage_store: &str) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("OPENAI_API_KEY")
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("API_KEYS")
         .env("RUST_LOG", "info")
-        .env("USAGE_TRACKING_PERSISTENCE_PATH", ":memory:")
+        .env("USAGE_TRACKING_PERSISTENCE_PATH", usage_store)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -268,4 +272,130 @@ fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     let logs: Vec<String> = proxy.stderr.try_iter().collect();
     assert_eq!(code, Some(0), "exit code; stderr:\n{}", logs.join("\n"));
     assert!(logs.iter().any(|l| l.contains("SIGTERM")), "{logs:?}");
+}
+
+/// `request_count` of `/v1/usage/stats` on a running proxy.
+fn stored_requests(addr: SocketAddr) -> u64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/usage/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let raw = read_all(s);
+    json_body(&raw)["request_count"].as_u64().unwrap()
+}
+
+fn mock_request(addr: SocketAddr, i: usize) -> bool {
+    let body = format!(
+        r#"{{"model":"mock:echo","messages":[{{"role":"user","content":"request {i}"}}]}}"#
+    );
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out).is_ok()
+        && out.starts_with("HTTP/1.1 200")
+        && out.contains("chat.completion")
+}
+
+#[test]
+fn sigterm_stores_every_served_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("usage.sqlite3");
+    let store = store.to_str().unwrap();
+    let proxy = start(command_with_store(&["--port", "0"], store));
+    let served = (0..40).filter(|i| mock_request(proxy.addr, *i)).count() as u64;
+    assert_eq!(served, 40);
+    let mut proxy = proxy;
+    Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(proxy);
+    let again = start(command_with_store(&["--port", "0"], store));
+    assert_eq!(
+        stored_requests(again.addr),
+        served,
+        "every served request is stored after SIGTERM"
+    );
+}
+
+#[test]
+fn sigkill_loses_at_most_one_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("usage.sqlite3");
+    let store = store.to_str().unwrap();
+    let mut cmd = command_with_store(&["--port", "0"], store);
+    cmd.env("USAGE_TRACKING_FLUSH_INTERVAL_SECONDS", "1");
+    let mut proxy = start(cmd);
+    let addr = proxy.addr;
+    // The record builder loads its tokenizers first (slow in a debug build);
+    // the guarantee is about steady state, so wait until it is building.
+    assert!(mock_request(addr, 0));
+    let ready = Instant::now() + Duration::from_secs(60);
+    while stored_requests(addr) == 0 {
+        assert!(
+            Instant::now() < ready,
+            "the usage builder never produced a record"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Steady load (~100 requests/s: a debug build's tokenizer keeps up with
+    // that) for ~3 s, remembering when each response completed.
+    let started = Instant::now();
+    let load = std::thread::spawn(move || {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while started.elapsed() < Duration::from_secs(4) {
+            if mock_request(addr, i) {
+                done.push(Instant::now());
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let killed_at = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = proxy.child.wait();
+    let done = load.join().unwrap();
+    drop(proxy);
+    // +1: the warm-up request.
+    let served = done.iter().filter(|t| **t <= killed_at).count() as u64 + 1;
+    // Responses finished more than one flush interval (plus scheduling slack)
+    // before the kill must all be stored.
+    let safe = done
+        .iter()
+        .filter(|t| killed_at.saturating_duration_since(**t) > Duration::from_millis(1500))
+        .count() as u64;
+    assert!(
+        safe > 50,
+        "the load produced too few requests to judge: {safe}"
+    );
+    let again = start(command_with_store(&["--port", "0"], store));
+    let stored = stored_requests(again.addr);
+    assert!(
+        stored >= safe,
+        "stored {stored} < {safe} requests served over one flush interval before SIGKILL"
+    );
+    assert!(stored <= served, "stored {stored} > served {served}");
 }

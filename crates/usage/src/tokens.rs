@@ -155,6 +155,13 @@ impl TokenCounter {
         TokenCounter::default()
     }
 
+    /// The process-wide counter: the encodings are built once per process,
+    /// however many trackers start.
+    pub fn shared() -> TokenCounter {
+        static SHARED: std::sync::OnceLock<TokenCounter> = std::sync::OnceLock::new();
+        SHARED.get_or_init(TokenCounter::new).clone()
+    }
+
     /// Builds both encodings now (~100–200 ms each); call it from a worker,
     /// not the request path.
     pub fn warm_up(&self) -> Result<(), TokenizerError> {

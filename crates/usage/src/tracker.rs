@@ -74,7 +74,7 @@ impl UsageTracker {
             max_pending: config.max_records_in_memory.max(1),
         });
         let collector = Arc::new(UsageCollector::new(tx, shared.clone()));
-        let counter = Arc::new(TokenCounter::new());
+        let counter = Arc::new(TokenCounter::shared());
         let builder = RecordBuilder::new(counter, prices);
         let builder = {
             let shared = shared.clone();
