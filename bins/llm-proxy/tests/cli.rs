@@ -336,9 +336,18 @@ fn sigterm_stores_every_served_request() {
 }
 
 #[test]
-fn sigkill_loses_at_most_one_flush_interval() {
+fn sigkill_loses_at_most_one_flush_interval_sqlite() {
+    sigkill_loses_at_most_one_flush_interval("usage.sqlite3");
+}
+
+#[test]
+fn sigkill_loses_at_most_one_flush_interval_json() {
+    sigkill_loses_at_most_one_flush_interval("usage.json");
+}
+
+fn sigkill_loses_at_most_one_flush_interval(file: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("usage.sqlite3");
+    let store = dir.path().join(file);
     let store = store.to_str().unwrap();
     let mut cmd = command_with_store(&["--port", "0"], store);
     cmd.env("USAGE_TRACKING_FLUSH_INTERVAL_SECONDS", "1");

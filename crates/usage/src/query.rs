@@ -55,11 +55,19 @@ pub struct UsageFilter {
     /// `http_status_code` equals.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status_code: Option<u16>,
-    /// `timestamp_us >= start_us`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `timestamp_us >= start_us` (echoed as `start_date`).
+    #[serde(
+        rename = "start_date",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_rfc3339"
+    )]
     pub start_us: Option<i64>,
-    /// `timestamp_us <= end_us`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `timestamp_us <= end_us` (echoed as `end_date`).
+    #[serde(
+        rename = "end_date",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "as_rfc3339"
+    )]
     pub end_us: Option<i64>,
     /// UTC hour of the timestamp, 0–23.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +75,13 @@ pub struct UsageFilter {
     /// UTC weekday of the timestamp, 0 = Monday … 6 = Sunday.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day_of_week: Option<u8>,
+}
+
+fn as_rfc3339<S: serde::Serializer>(us: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match us {
+        Some(us) => s.serialize_str(&crate::time::format_rfc3339(*us)),
+        None => s.serialize_none(),
+    }
 }
 
 impl UsageFilter {

@@ -1,7 +1,7 @@
 //! Usage metric names, in one place. Labels are backend names (from config)
 //! and fixed sets only.
 
-/// Records written to the store, by `backend`.
+/// Records built (visible to queries; written at the next flush), by `backend`.
 pub const RECORDS_TOTAL: &str = "llm_proxy_usage_records_total";
 /// Exchanges that produced no record, by `reason` (`queue_full`, `shut_down`, `store_error`).
 pub const RECORDS_DROPPED_TOTAL: &str = "llm_proxy_usage_records_dropped_total";

@@ -237,7 +237,13 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
         return Ok(());
     }
     let records: Vec<UsageRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
-    if let Err(e) = shared.store.insert(&records) {
+    // `flush` makes the batch durable: a no-op-ish checkpoint for SQLite, the
+    // document rewrite for the JSON store.
+    if let Err(e) = shared
+        .store
+        .insert(&records)
+        .and_then(|()| shared.store.flush())
+    {
         metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
         return Err(e);
     }
@@ -329,21 +335,35 @@ impl UsageQueries {
 
     /// Feeds every matching record, oldest first, to `sink` (stored ones,
     /// then pending ones). Blocking: call from a blocking thread.
+    ///
+    /// An export can run for minutes, so it holds no lock: it snapshots the
+    /// pending records first and skips their ids in the store, so a record
+    /// flushed meanwhile is exported exactly once.
     pub fn export(
         &self,
         query: &UsageQuery,
         sink: &mut dyn FnMut(&UsageRecord) -> bool,
     ) -> Result<u64, UsageError> {
-        let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
+        let pending = {
+            let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
+            self.pending_matching(query)
+        };
+        let pending_ids: std::collections::HashSet<&str> =
+            pending.iter().map(|(r, _)| r.id.as_str()).collect();
         let mut more = true;
-        let mut n = self.shared.store.export(&query.filter, &mut |r| {
+        let mut n = 0;
+        self.shared.store.export(&query.filter, &mut |r| {
+            if pending_ids.contains(r.id.as_str()) {
+                return true;
+            }
+            n += 1;
             more = sink(r);
             more
         })?;
         if more {
-            for (r, _) in self.pending_matching(query) {
+            for (r, _) in &pending {
                 n += 1;
-                if !sink(&r) {
+                if !sink(r) {
                     break;
                 }
             }

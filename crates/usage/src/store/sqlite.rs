@@ -627,7 +627,12 @@ fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;")?;
+    // No mmap: mapped pages count as resident memory, and an export of a big
+    // store would touch all of them. Reads go through SQLite's page cache,
+    // sized per connection (readers: 16 MiB; the writer sets its own).
+    conn.execute_batch(
+        "PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;",
+    )?;
     Ok(conn)
 }
 
