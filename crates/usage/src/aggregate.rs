@@ -434,6 +434,36 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_match_a_known_distribution() {
+        // Durations 1..=10_000 ms, added in a scrambled order, split across
+        // two aggregates that are merged (as rollups are).
+        let mut a = Aggregate::default();
+        let mut b = Aggregate::default();
+        for i in 0..10_000u64 {
+            let v = (i * 7_919) % 10_000 + 1;
+            let mut r = record(0);
+            r.total_duration_ms = v as f64;
+            r.ttft_ms = Some(v as f64 / 10.0);
+            if i % 2 == 0 { a.add(&r) } else { b.add(&r) }
+        }
+        a.merge(&b);
+        let s = a.finish();
+        let d = s.duration_stats.unwrap();
+        assert_eq!(d.count, 10_000);
+        assert_eq!((d.min_ms, d.max_ms), (1.0, 10_000.0));
+        assert!((d.avg_ms - 5_000.5).abs() < 1e-6);
+        for (got, exact) in [
+            (d.p50_ms, 5_000.0),
+            (d.p95_ms, 9_500.0),
+            (d.p99_ms, 9_900.0),
+        ] {
+            assert!((got - exact).abs() / exact <= 0.01, "{got} vs {exact}");
+        }
+        let t = s.ttft_stats.unwrap();
+        assert!((t.p99_ms - 990.0).abs() / 990.0 <= 0.01, "{}", t.p99_ms);
+    }
+
+    #[test]
     fn merge_equals_adding_everything_and_round_trips() {
         let mut all = Aggregate::default();
         let mut a = Aggregate::default();
