@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::Method;
 use llm_proxy_api::{ApiServer, MetricsRender, Services};
 use llm_proxy_core::{ExchangeObserver, ObserverSet, Pipeline};
+use llm_proxy_health::{BackendSpec, HealthMonitor, HealthRoutes, HealthTasks};
 use llm_proxy_usage::routes::UsageRoutes;
 use llm_proxy_usage::tracker::UsageTracker;
 
@@ -28,6 +29,9 @@ pub enum AppError {
     /// Usage tracking could not start (e.g. the store cannot be opened).
     #[error("usage tracking: {0}")]
     Usage(#[from] llm_proxy_usage::UsageError),
+    /// Health monitoring could not start (e.g. an `api_url` does not parse).
+    #[error("health check: {0}")]
+    Health(#[from] llm_proxy_health::HealthError),
 }
 
 /// A built proxy, bound to its address, not yet serving.
@@ -36,6 +40,7 @@ pub struct App {
     server: ApiServer,
     addr: SocketAddr,
     usage: Option<UsageTracker>,
+    health: HealthTasks,
 }
 
 impl App {
@@ -68,14 +73,27 @@ impl App {
         for path in llm_proxy_usage::routes::ROUTES {
             services = services.route(Method::GET, path, usage_routes.clone());
         }
-        let pipeline =
-            Arc::new(Pipeline::new(routing)?.with_observers(ObserverSet::new(observers)));
+        let (health, health_tasks) =
+            HealthMonitor::start(&config.health_check, &BackendSpec::from_routing(&routing))?;
+        if config.health_check.enabled {
+            tracing::info!(probe_tasks = health_tasks.len(), "health checks on");
+        }
+        let health_routes = Arc::new(HealthRoutes::new(health.clone()));
+        for path in llm_proxy_health::routes::ROUTES {
+            services = services.route(Method::GET, path, health_routes.clone());
+        }
+        let pipeline = Arc::new(
+            Pipeline::new(routing)?
+                .with_observers(ObserverSet::new(observers))
+                .with_health(health),
+        );
         let server = ApiServer::bind(server_config, pipeline, services).await?;
         let addr = server.local_addr()?;
         Ok(App {
             server,
             addr,
             usage,
+            health: health_tasks,
         })
     }
 
@@ -86,12 +104,25 @@ impl App {
 
     /// Serves until `shutdown` resolves, drains, then runs subsystem
     /// shutdown hooks: usage records still queued are built and written.
+    /// Health probes stop and health event streams end as the drain begins.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AppError> {
-        let App { server, usage, .. } = self;
-        let served = server.serve(shutdown).await;
+        let App {
+            server,
+            usage,
+            health,
+            ..
+        } = self;
+        let stop_health = health.stopper();
+        let served = server
+            .serve(async move {
+                shutdown.await;
+                stop_health.stop();
+            })
+            .await;
+        health.shutdown().await;
         if let Some(tracker) = usage {
             match tokio::task::spawn_blocking(move || tracker.shutdown()).await {
                 Ok(Ok(count)) => tracing::info!(records = count, "usage records flushed"),
@@ -108,7 +139,6 @@ impl App {
 /// say so once at start-up rather than pretend.
 fn report_pending_subsystems(config: &AppConfig) {
     let pending = [
-        ("health_check", config.health_check.enabled),
         ("wire_capture", config.wire_capture.enabled),
         ("replacement", config.replacement.enabled),
     ];

@@ -46,8 +46,10 @@ pub struct PingConfig {
     pub timeout_seconds: f64,
     /// Consecutive failed checks before the endpoint is unhealthy.
     pub failure_threshold: u32,
-    /// Echo requests per check.
+    /// Echo requests per check. A check passes when at least one is answered.
     pub count: u32,
+    /// Consecutive passing checks before a failed ping counts as passing again.
+    pub recovery_threshold: u32,
 }
 
 impl Default for PingConfig {
@@ -58,6 +60,7 @@ impl Default for PingConfig {
             timeout_seconds: 2.0,
             failure_threshold: 3,
             count: 3,
+            recovery_threshold: 1,
         }
     }
 }
@@ -78,8 +81,12 @@ pub struct HttpProbeConfig {
     pub recovery_threshold: u32,
     /// `HEAD` or `GET`.
     pub method: String,
-    /// Path appended to the endpoint URL.
+    /// Path appended to the endpoint URL (`/models` probes `<api_url>/models`;
+    /// empty probes `api_url` itself).
     pub path: String,
+    /// A response with a status below this is up (default 500: any answer
+    /// that is not a server error).
+    pub healthy_below_status: u16,
 }
 
 impl Default for HttpProbeConfig {
@@ -92,6 +99,7 @@ impl Default for HttpProbeConfig {
             recovery_threshold: 1,
             method: "HEAD".into(),
             path: String::new(),
+            healthy_below_status: 500,
         }
     }
 }
@@ -158,6 +166,10 @@ impl HealthCheckConfig {
             ),
             ("health_check.ping.count", self.ping.count),
             (
+                "health_check.ping.recovery_threshold",
+                self.ping.recovery_threshold,
+            ),
+            (
                 "health_check.http.failure_threshold",
                 self.http.failure_threshold,
             ),
@@ -188,6 +200,79 @@ impl HealthCheckConfig {
                 format!("must be HEAD or GET, got {:?}", self.http.method),
             ));
         }
+        if !(200..=600).contains(&self.http.healthy_below_status) {
+            return Err(ConfigError::new(
+                "health_check.http.healthy_below_status",
+                format!(
+                    "must be between 200 and 600, got {}",
+                    self.http.healthy_below_status
+                ),
+            ));
+        }
+        if self.ping.count > 100 {
+            return Err(ConfigError::new(
+                "health_check.ping.count",
+                format!("must be at most 100, got {}", self.ping.count),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// The longest interval, timeout or cooldown honoured (one year): longer
+/// values are capped, so instant arithmetic never overflows.
+pub(crate) const MAX_SECONDS: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// A validated number of seconds as a `Duration`, capped at [`MAX_SECONDS`].
+pub(crate) fn seconds(value: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(value)
+        .unwrap_or(MAX_SECONDS)
+        .min(MAX_SECONDS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_seed() {
+        let c = HealthCheckConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.http.recovery_threshold, 1);
+        assert_eq!(c.http.healthy_below_status, 500);
+        assert_eq!(c.circuit_breaker.failure_threshold, 3);
+        assert_eq!(c.circuit_breaker.open_cooldown_seconds, 30.0);
+        assert_eq!(c.circuit_breaker.half_open_max_inflight, 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = HealthCheckConfig::default();
+        c.http.method = "POST".into();
+        assert_eq!(c.validate().unwrap_err().key, "health_check.http.method");
+        let mut c = HealthCheckConfig::default();
+        c.http.healthy_below_status = 100;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "health_check.http.healthy_below_status"
+        );
+        let mut c = HealthCheckConfig::default();
+        c.ping.interval_seconds = f64::NAN;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "health_check.ping.interval_seconds"
+        );
+        let mut c = HealthCheckConfig::default();
+        c.ping.recovery_threshold = 0;
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "health_check.ping.recovery_threshold"
+        );
+    }
+
+    #[test]
+    fn huge_durations_saturate() {
+        assert_eq!(seconds(1e300), MAX_SECONDS);
+        assert_eq!(seconds(0.5), std::time::Duration::from_millis(500));
     }
 }

@@ -26,6 +26,23 @@ use crate::rewrite::{RewriteRequest, RouteRewriter};
 use crate::routing::{RoutePlan, Router, Target};
 use crate::telemetry;
 
+/// An attempt whose outcome health has not been told yet; dropping it while
+/// `pending` (the client went away mid-attempt) reports `ClientGone`.
+struct Admission<'a> {
+    health: &'a dyn EndpointHealth,
+    backend: &'a str,
+    pending: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.health
+                .record_outcome(self.backend, AttemptOutcome::ClientGone);
+        }
+    }
+}
+
 /// Header carrying an explicit session id.
 pub const SESSION_HEADER: &str = "x-session-id";
 
@@ -191,6 +208,14 @@ impl Pipeline {
                 tracing::debug!(backend = %target.backend, "backend refused admission; trying next target");
                 continue;
             }
+            // Reports `ClientGone` if this future is dropped before the
+            // attempt's outcome is recorded, so a half-open probe slot taken
+            // by `try_admit` is always given back.
+            let mut admission = Admission {
+                health: self.health.as_ref(),
+                backend: &target.backend,
+                pending: true,
+            };
             tracker.attempts += 1;
             let request_usage = request.frontend == Frontend::OpenAiChat
                 && facts.stream
@@ -248,6 +273,7 @@ impl Pipeline {
                     tracker.upstream_time += now.saturating_duration_since(sent);
                     self.observers
                         .on_backend_response_end(&ctx, &attempt, Some(&err), now);
+                    admission.pending = false;
                     self.health
                         .record_outcome(&target.backend, AttemptOutcome::Error(err.kind));
                     metrics::counter!(telemetry::UPSTREAM_ATTEMPTS_TOTAL, "backend" => target.backend.to_string(), "result" => err.kind.as_str()).increment(1);
@@ -270,6 +296,7 @@ impl Pipeline {
                         let retry_after = retry_after(&response.headers);
                         self.drain_failed(&ctx, &attempt, response).await;
                         tracker.upstream_time += Instant::now().saturating_duration_since(sent);
+                        admission.pending = false;
                         self.health.record_outcome(
                             &target.backend,
                             AttemptOutcome::Status {
@@ -288,6 +315,8 @@ impl Pipeline {
                     }
                     tracker.served_by = Some(attempt);
                     tracker.sent_at = Some(sent);
+                    // From here the tracker reports the outcome (at the body's end).
+                    admission.pending = false;
                     return self.forward(tracker, response);
                 }
             }

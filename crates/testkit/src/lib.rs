@@ -6,7 +6,9 @@
 //! the deterministic mock model of [`llm_proxy_core::mock`] (see its docs for the
 //! `x-mock-*` headers, `+fault-<name>` model suffixes and token-count formula),
 //! `GET /v1/models` with an OpenAI model list, and `GET`/`HEAD` `/` and `/v1`
-//! with 200 for health probes. Unknown paths get a 404 JSON error.
+//! with 200 for health probes. Unknown paths get a 404 JSON error. Health
+//! probes are recorded apart from other requests (`probe_requests()`), so a
+//! proxy probing in the background never shifts `requests()`.
 
 mod body;
 mod server;

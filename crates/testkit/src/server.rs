@@ -65,6 +65,7 @@ impl RecordedRequest {
 pub(crate) struct Shared {
     defaults: Mutex<MockOptions>,
     requests: Mutex<Vec<RecordedRequest>>,
+    probes: Mutex<Vec<RecordedRequest>>,
     sent_events: Mutex<Vec<(usize, usize, Instant)>>,
     connections: AtomicU64,
 }
@@ -118,6 +119,7 @@ impl MockUpstream {
         let shared = Arc::new(Shared {
             defaults: Mutex::new(config.defaults),
             requests: Mutex::new(Vec::new()),
+            probes: Mutex::new(Vec::new()),
             sent_events: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
         });
@@ -142,9 +144,17 @@ impl MockUpstream {
         format!("http://{}/v1", self.addr)
     }
 
-    /// Every request seen, in arrival order (recorded once its body was read).
+    /// Every request seen except health probes, in arrival order (recorded
+    /// once its body was read). Indices match [`MockUpstream::sent_event_times`].
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// The health probes seen (`GET` or `HEAD` of `/`, `/v1` or `/v1/`), in
+    /// arrival order. A proxy with health checks on sends them on its own, so
+    /// they are kept apart from [`MockUpstream::requests`].
+    pub fn probe_requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.probes).clone()
     }
 
     /// TCP connections accepted so far.
@@ -230,7 +240,7 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Res
         }
     };
     let path = parts.uri.path().to_owned();
-    let index = shared.record_request(RecordedRequest {
+    let recorded = RecordedRequest {
         method: parts.method.to_string(),
         path: path.clone(),
         headers: parts
@@ -245,8 +255,17 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Res
             .collect(),
         body: body.clone(),
         received_at: Instant::now(),
-    });
+    };
     let method = parts.method;
+    if is_probe(&method, &path) {
+        lock(&shared.probes).push(recorded);
+        return if method == Method::HEAD {
+            empty_response(200)
+        } else {
+            json_response(200, Bytes::from_static(br#"{"status":"ok"}"#))
+        };
+    }
+    let index = shared.record_request(recorded);
     if let Some(frontend) = Frontend::from_path(&path) {
         if method == Method::POST {
             return llm(frontend, &parts.headers, &body, index, shared).await;
@@ -255,16 +274,17 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Res
         return json_response(405, frontend.error_body(405, &message));
     }
     match (method, path.as_str()) {
-        (Method::GET, "/" | "/v1" | "/v1/") => {
-            json_response(200, Bytes::from_static(br#"{"status":"ok"}"#))
-        }
-        (Method::HEAD, "/" | "/v1" | "/v1/") => empty_response(200),
         (Method::GET, "/v1/models") => json_response(200, models_body()),
         (method, path) => {
             let message = format!("no route for {method} {path}");
             json_response(404, Frontend::OpenAiChat.error_body(404, &message))
         }
     }
+}
+
+/// `GET`/`HEAD` of the base paths: what health probes send.
+fn is_probe(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD) && matches!(path, "/" | "/v1" | "/v1/")
 }
 
 async fn llm(

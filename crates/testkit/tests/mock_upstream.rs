@@ -424,6 +424,15 @@ async fn probes_models_unknown_paths_and_bad_requests() {
             "{method} {path}"
         );
     }
+    // Probes are logged apart, so request indices stay those of real traffic.
+    assert!(mock.requests().is_empty());
+    let probes: Vec<(String, String)> = mock
+        .probe_requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(probes.len(), 4);
+    assert_eq!(probes[3], ("HEAD".to_owned(), "/v1".to_owned()));
     let request = Request::get(format!("{}/models", mock.base_url()))
         .body(Full::new(Bytes::new()))
         .unwrap();

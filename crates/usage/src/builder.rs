@@ -24,7 +24,14 @@ pub struct RecordBuilder {
     counter: Arc<TokenCounter>,
     prices: Arc<PriceTable>,
     turns: HashMap<String, u32>,
+    /// Token counts of lines already seen, by (encoding, hash of the line).
+    /// Agents resend the whole conversation every turn: nearly every line of
+    /// a prompt was counted before.
+    line_counts: HashMap<(Encoding, u64), u32>,
 }
+
+/// Lines whose counts are remembered; past this the cache starts over.
+const MAX_CACHED_LINES: usize = 200_000;
 
 impl std::fmt::Debug for RecordBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,6 +57,7 @@ impl RecordBuilder {
             counter,
             prices,
             turns: HashMap::new(),
+            line_counts: HashMap::new(),
         }
     }
 
@@ -58,11 +66,36 @@ impl RecordBuilder {
         self.counter.warm_up()
     }
 
-    fn count(&self, how: Counting, text: &str) -> u64 {
-        match how {
-            Counting::Tokenizer(encoding, _) => self.counter.count_text(encoding, text),
-            Counting::Estimate => crate::tokens::estimate(text),
+    /// Tokens of `text`: the sum over its lines (each tokenized once and
+    /// remembered) plus one per line break.
+    fn count(&mut self, how: Counting, text: &str) -> u64 {
+        let Counting::Tokenizer(encoding, _) = how else {
+            return crate::tokens::estimate(text);
+        };
+        let mut total = 0u64;
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                total += 1;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(line, &mut hasher);
+            let key = (encoding, std::hash::Hasher::finish(&hasher));
+            if let Some(n) = self.line_counts.get(&key) {
+                total += u64::from(*n);
+                continue;
+            }
+            let n = self.counter.count_text(encoding, line);
+            if self.line_counts.len() >= MAX_CACHED_LINES {
+                self.line_counts.clear();
+            }
+            self.line_counts
+                .insert(key, u32::try_from(n).unwrap_or(u32::MAX));
+            total += n;
         }
+        total
     }
 
     /// The record for `ex`. With `estimate_only`, token counts are length

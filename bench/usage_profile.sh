@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Where the proxy's CPU goes with usage tracking on: `perf record` (flat,
+# every thread) on the proxy while wrk saturates it, then the top symbols per
+# thread. Diagnostic, not a goal figure; needs perf (linux-perf).
+#
+#   bench/usage_profile.sh [--tracking on|off] [--stream] [--seconds 10] [--connections 64]
+#
+# Prints `perf report` sorted by thread name and symbol; writes the report to
+# bench/results/usage-profile-<tracking>-<json|stream>-<date>.txt.
+source "$(dirname "$0")/lib.sh"
+
+TRACKING=on STREAM=false SECS=10 CONNS=64
+while (($#)); do
+    case $1 in
+    --tracking) TRACKING=$2 && shift ;;
+    --stream) STREAM=true ;;
+    --seconds) SECS=$2 && shift ;;
+    --connections) CONNS=$2 && shift ;;
+    -h | --help) sed -n '2,10p' "$0" && exit 0 ;;
+    *) die "unknown argument $1" ;;
+    esac
+    shift
+done
+need perf
+
+build_release
+ensure_load_tool
+wait_for_quiet
+start_mock --chunks 20
+CONFIG=$BENCH_WORK/proxy.toml
+printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
+make_chat_body 1024 up:gpt-4o-mini "$STREAM" >"$BENCH_WORK/body.json"
+env=(USAGE_TRACKING_ENABLED=false)
+[[ $TRACKING == on ]] && env=(USAGE_TRACKING_ENABLED=true
+    USAGE_TRACKING_PERSISTENCE_PATH="$BENCH_WORK/usage.sqlite3" USAGE_TRACKING_FLUSH_INTERVAL_SECONDS=1)
+start_proxy "$CONFIG" "${env[@]}"
+url=$PROXY_URL/v1/chat/completions
+run_load "$url" "$BENCH_WORK/body.json" 2 "$CONNS" >/dev/null
+run_load "$url" "$BENCH_WORK/body.json" $((SECS + 2)) "$CONNS" >"$BENCH_WORK/load.json" &
+load_pid=$!
+sleep 1
+perf record -F 499 -p "$PROXY_PID" -o "$BENCH_WORK/perf.data" -- sleep "$SECS" 2>/dev/null >&2
+wait "$load_pid"
+kind=json
+[[ $STREAM == true ]] && kind=stream
+mkdir -p "$RESULTS_DIR"
+out=$RESULTS_DIR/usage-profile-$TRACKING-$kind-$(date -u +%Y-%m-%d).txt
+{
+    echo "# perf record -F 499 -p <llm-proxy>, ${SECS}s, tracking $TRACKING, $kind 1 KB chat, $CONNS connections"
+    echo "# load: $(jq -c '{requests, rps: (.rps | round), latency_ms: {p50: .latency_ms.p50, p99: .latency_ms.p99}}' "$BENCH_WORK/load.json")"
+    echo "# by thread:"
+    perf report -i "$BENCH_WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -v '^#' | grep -v '^$'
+    echo "# top symbols (by thread):"
+    perf report -i "$BENCH_WORK/perf.data" --no-children --sort comm,dso,symbol --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -80
+} | sed -E "s/ +- +- *$//; s/ +$//" | tee "$out"
+log "wrote $out"
