@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use http::Method;
 use llm_proxy_api::{ApiServer, MetricsRender, Services};
-use llm_proxy_core::{ExchangeObserver, ObserverSet, Pipeline};
-use llm_proxy_health::{BackendSpec, HealthMonitor, HealthRoutes, HealthTasks};
+use llm_proxy_core::{Backend, ExchangeObserver, ObserverSet, Pipeline, RoutingConfig};
+use llm_proxy_health::{
+    BackendSpec, EndpointUrl, HealthListener, HealthMonitor, HealthRoutes, HealthTasks,
+};
 use llm_proxy_usage::routes::UsageRoutes;
 use llm_proxy_usage::tracker::UsageTracker;
 
@@ -83,10 +85,13 @@ impl App {
             services = services.route(Method::GET, path, health_routes.clone());
         }
         let pipeline = Arc::new(
-            Pipeline::new(routing)?
+            Pipeline::new(routing.clone())?
                 .with_observers(ObserverSet::new(observers))
-                .with_health(health),
+                .with_health(health.clone()),
         );
+        if config.health_check.enabled && config.health_check.notify_backends {
+            health.add_listener(Arc::new(BackendNotifier::new(&routing, &pipeline)));
+        }
         let server = ApiServer::bind(server_config, pipeline, services).await?;
         let addr = server.local_addr()?;
         Ok(App {
@@ -149,5 +154,126 @@ fn report_pending_subsystems(config: &AppConfig) {
                 "configuration accepted; this subsystem is not part of this build yet"
             );
         }
+    }
+}
+
+/// Tells each backend when the health checks find its endpoint down or back.
+struct BackendNotifier {
+    /// Normalized endpoint URL → the backends that use it.
+    backends: Vec<(String, Arc<dyn Backend>)>,
+}
+
+impl BackendNotifier {
+    fn new(routing: &RoutingConfig, pipeline: &Pipeline) -> BackendNotifier {
+        let backends = routing
+            .backends
+            .iter()
+            .filter_map(|(name, b)| {
+                let url = EndpointUrl::parse(b.api_url.as_deref()?).ok()?;
+                Some((url.as_str().to_owned(), pipeline.backend(name)?.clone()))
+            })
+            .collect();
+        BackendNotifier { backends }
+    }
+}
+
+impl HealthListener for BackendNotifier {
+    fn on_endpoint_unhealthy(&self, url: &str, reason: &str) {
+        for (u, b) in &self.backends {
+            if u == url {
+                b.on_endpoint_unhealthy(url, reason);
+            }
+        }
+    }
+
+    fn on_endpoint_healthy(&self, url: &str) {
+        for (u, b) in &self.backends {
+            if u == url {
+                b.on_endpoint_healthy(url);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use llm_proxy_core::backend::{BackendRequest, BackendResponse, BoxFuture};
+    use llm_proxy_core::{BackendType, UpstreamError, UpstreamErrorKind};
+
+    use super::*;
+
+    /// A backend that only records health notifications.
+    struct Recording {
+        name: Arc<str>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Backend for Recording {
+        fn name(&self) -> &Arc<str> {
+            &self.name
+        }
+        fn backend_type(&self) -> BackendType {
+            BackendType::OpenAi
+        }
+        fn uri_for(&self, _: &BackendRequest) -> http::Uri {
+            http::Uri::from_static("/")
+        }
+        fn send(&self, _: BackendRequest) -> BoxFuture<'_, Result<BackendResponse, UpstreamError>> {
+            Box::pin(async {
+                Err(UpstreamError::new(
+                    "x",
+                    UpstreamErrorKind::Connect,
+                    "unused",
+                ))
+            })
+        }
+        fn authorize(&self, _: &mut http::HeaderMap) {}
+        fn on_endpoint_unhealthy(&self, url: &str, reason: &str) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("down {url} {reason}"));
+        }
+        fn on_endpoint_healthy(&self, url: &str) {
+            self.seen.lock().unwrap().push(format!("up {url}"));
+        }
+    }
+
+    #[test]
+    fn backends_sharing_a_url_are_all_told_and_no_others() {
+        let mk = |name: &str| {
+            Arc::new(Recording {
+                name: Arc::from(name),
+                seen: Mutex::new(Vec::new()),
+            })
+        };
+        let (a, b, c) = (mk("a"), mk("b"), mk("c"));
+        let notifier = BackendNotifier {
+            backends: vec![
+                (
+                    "http://127.0.0.1:9/v1".into(),
+                    a.clone() as Arc<dyn Backend>,
+                ),
+                (
+                    "http://127.0.0.1:9/v1".into(),
+                    b.clone() as Arc<dyn Backend>,
+                ),
+                (
+                    "http://127.0.0.1:10/v1".into(),
+                    c.clone() as Arc<dyn Backend>,
+                ),
+            ],
+        };
+        notifier.on_endpoint_unhealthy("http://127.0.0.1:9/v1", "refused");
+        notifier.on_endpoint_healthy("http://127.0.0.1:9/v1");
+        let want = vec![
+            "down http://127.0.0.1:9/v1 refused".to_owned(),
+            "up http://127.0.0.1:9/v1".to_owned(),
+        ];
+        assert_eq!(*a.seen.lock().unwrap(), want);
+        assert_eq!(*b.seen.lock().unwrap(), want);
+        assert!(c.seen.lock().unwrap().is_empty());
     }
 }

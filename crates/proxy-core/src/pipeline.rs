@@ -125,6 +125,11 @@ impl Pipeline {
         self
     }
 
+    /// The backend called `name`.
+    pub fn backend(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.backends.get(name)
+    }
+
     /// The routing configuration in force.
     pub fn config(&self) -> &RoutingConfig {
         &self.config

@@ -75,6 +75,15 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<BackendResponse, UpstreamError>>;
     /// Adds this backend's credential (or keeps the client's) to `headers`.
     fn authorize(&self, headers: &mut HeaderMap);
+    /// Health checks found this backend's endpoint (`url`, normalized) down.
+    /// Routing already avoids it; a backend may react (the default logs).
+    fn on_endpoint_unhealthy(&self, url: &str, reason: &str) {
+        tracing::info!(backend = %self.name(), url, reason, "backend endpoint reported unhealthy");
+    }
+    /// The endpoint at `url` is healthy again.
+    fn on_endpoint_healthy(&self, url: &str) {
+        tracing::info!(backend = %self.name(), url, "backend endpoint reported healthy");
+    }
 }
 
 /// Builds the backend for a config entry.
