@@ -271,6 +271,23 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 
+-- BENCH_UNIQUE_BODY=1: every request's first "content" starts with a unique
+-- "<thread>-<n> " (a few bytes longer), so no cache can recognise the text.
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+if os.getenv("BENCH_UNIQUE_BODY") == "1" then
+  local n = 0
+  local body = wrk.body
+  request = function()
+    n = n + 1
+    local b = string.gsub(body, '"content":"', '"content":"' .. tostring(tid) .. "-" .. n .. " ", 1)
+    return wrk.format(nil, nil, nil, b)
+  end
+end
+
 -- Pacing: each connection waits BENCH_DELAY_MS after a response before its
 -- next request (wrk has no open-loop mode; run_load_paced picks the delay).
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
@@ -297,6 +314,7 @@ LUA
 
 # run_load URL BODY_FILE SECONDS CONNECTIONS [THREADS]: closed-loop load (each
 # connection sends its next request when the previous response is complete).
+# BENCH_UNIQUE_BODY=1 (wrk only) makes every request's text unique.
 # Prints {"tool","requests","duration_s","rps","non_2xx","socket_errors",
 # "latency_ms":{p50,p90,p99,...}}. `requests` counts every complete response,
 # non-2xx included (and counted again in non_2xx); requests cut off when
@@ -307,7 +325,7 @@ run_load() {
     local out
     case $LOAD_TOOL in
     wrk)
-        out=$(BENCH_BODY_FILE=$body BENCH_DELAY_MS=${BENCH_DELAY_MS:-0} wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s \
+        out=$(BENCH_BODY_FILE=$body BENCH_DELAY_MS=${BENCH_DELAY_MS:-0} BENCH_UNIQUE_BODY=${BENCH_UNIQUE_BODY:-0} wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s \
             -s "$(_wrk_script)" "$url") || die "wrk failed: $out"
         local j
         j=$(grep '^BENCH_JSON ' <<<"$out" | sed 's/^BENCH_JSON //')

@@ -2,8 +2,8 @@
 # What usage tracking costs the proxy (issue 3, acceptance 7: ≤ 5 % of throughput).
 #
 #   bench/usage_overhead.sh [--rounds 3] [--seconds 15] [--connections 64]
-#                           [--stream-rounds 2] [--stream-connections 16] [--skip-stream]
-#                           [--paced-rounds 2] [--paced-rate 1000] [--skip-paced]
+#                           [--stream-rounds 3] [--stream-connections 16] [--skip-stream]
+#                           [--paced-rounds 2] [--paced-rate 1000] [--skip-paced] [--same-body]
 #
 # mock-llm (zero delay, 20 chunks per stream) ← openai-type backend ← llm-proxy ← wrk.
 # A fresh proxy per run, tracking off and on alternated (off, on, off, on, …):
@@ -17,12 +17,18 @@
 # the tracker keeps up and counts every token: there the figure is the
 # proxy CPU per request, off vs on.
 #
+# Every request's text is made unique (a "<thread>-<n> " prefix, see lib.sh)
+# so the tracker's token-count cache cannot recognise the benchmark's one
+# body; --same-body sends the identical body every time instead. (The mock's
+# answer is always the same short text.)
+#
 # Writes bench/results/usage-<date>.json (key "overhead") and re-renders
 # bench/results/usage-<date>.md.
 source "$(dirname "$0")/lib.sh"
 
-ROUNDS=3 SECS=15 CONNS=64 STREAM_ROUNDS=2 STREAM_CONNS=16 SKIP_STREAM=0 WARMUP=2 BODY_BYTES=1024
+ROUNDS=3 SECS=15 CONNS=64 STREAM_ROUNDS=3 STREAM_CONNS=16 SKIP_STREAM=0 WARMUP=2 BODY_BYTES=1024
 PACED_ROUNDS=2 PACED_RATE=1000 PACED_CONNS=10 SKIP_PACED=0
+export BENCH_UNIQUE_BODY=1
 while (($#)); do
     case $1 in
     --rounds) ROUNDS=$2 && shift ;;
@@ -34,7 +40,8 @@ while (($#)); do
     --paced-rounds) PACED_ROUNDS=$2 && shift ;;
     --paced-rate) PACED_RATE=$2 && shift ;;
     --skip-paced) SKIP_PACED=1 ;;
-    -h | --help) sed -n '2,23p' "$0" && exit 0 ;;
+    --same-body) BENCH_UNIQUE_BODY=0 ;;
+    -h | --help) sed -n '2,28p' "$0" && exit 0 ;;
     *) die "unknown argument $1" ;;
     esac
     shift
@@ -42,15 +49,14 @@ done
 
 build_release
 ensure_load_tool
-wait_for_quiet
-start_mock --chunks 20
-
 CONFIG=$BENCH_WORK/proxy.toml
-cat >"$CONFIG" <<EOF
-[backends.up]
-type = "openai"
-api_url = "$MOCK_URL/v1"
-EOF
+# A fresh mock per run: mock-llm keeps every request it served in memory.
+fresh_mock() {
+    start_mock --chunks 20
+    printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
+}
+wait_for_quiet
+fresh_mock
 MODEL=up:gpt-4o-mini
 make_chat_body "$BODY_BYTES" "$MODEL" false >"$BENCH_WORK/chat.json"
 make_chat_body "$BODY_BYTES" "$MODEL" true >"$BENCH_WORK/chat-stream.json"
@@ -93,6 +99,8 @@ one_run() {
             USAGE_TRACKING_FLUSH_INTERVAL_SECONDS=1)
     fi
     wait_for_quiet
+    stop_process "$MOCK_PID"
+    fresh_mock
     start_proxy "$CONFIG" "${env[@]}"
     local url=$PROXY_URL/v1/chat/completions
     curl -sf "$url" -d @"$BENCH_WORK/chat.json" >/dev/null || die "proxy does not answer"
@@ -193,10 +201,11 @@ META=$(bench_meta_json)
 PART=$(jq -n --argjson meta "$META" --argjson summary "$SUMMARY" --slurpfile runs "$RUNS" \
     --argjson secs "$SECS" --argjson conns "$CONNS" --argjson sconns "$STREAM_CONNS" \
     --argjson pconns "$PACED_CONNS" --argjson prate "$PACED_RATE" \
-    --argjson bytes "$BODY_BYTES" --arg model "$MODEL" '{
+    --argjson bytes "$BODY_BYTES" --arg model "$MODEL" --arg unique "$BENCH_UNIQUE_BODY" '{
       meta: $meta,
-      setup: {upstream: "mock-llm, zero delay, 20 chunks per stream, via an openai-type backend",
-              body_bytes: $bytes, model: $model, seconds_per_run: $secs, warmup_seconds: 2,
+      setup: {upstream: "mock-llm (fresh per run), zero delay, 20 chunks per stream, via an openai-type backend",
+              body_bytes: $bytes, model: $model,
+              unique_bodies: ($unique == "1"), seconds_per_run: $secs, warmup_seconds: 2,
               connections: {json: $conns, stream: $sconns, json_paced: $pconns},
               paced_target_rps: $prate,
               tracking_on: "SQLite store in a temp dir, flush_interval_seconds = 1, other settings default",

@@ -15,7 +15,7 @@ def f1: if . == null then "–" else (. * 10 | round / 10 | tostring) end;
 def f2: if . == null then "–" else (. * 100 | round / 100 | tostring) end;
 def int: if . == null then "–" else (round | tostring) end;
 def pf(ok): if ok then "**pass**" else "**FAIL**" end;
-def meta_line: "git `\(.git_sha[0:12])`\(if .git_dirty then " (+ uncommitted changes)" else "" end), \(.date), \(.machine.nproc) × \(.machine.cpu_model), \(.machine.memory), \(.tools.load_tool), \(.tools.rustc)\(if .runs_started_while_compiling > 0 then ", **\(.runs_started_while_compiling) run(s) started while cargo was compiling**" else "" end)";
+def meta_line: "git `\(.git_sha[0:12])`\(if .git_dirty then " (+ uncommitted changes)" else "" end), \(.date), \(.machine.nproc) × \(.machine.cpu_model), \(.machine.memory), \([.tools.load_tool, .tools.rustc] | map(select(. != "")) | join(", "))\(if .runs_started_while_compiling > 0 then ", **\(.runs_started_while_compiling) run(s) started while cargo was compiling**" else "" end)";
 def q($size; $case): (.stats.sizes[]? | select(.records == $size) | .http.queries[] | select(.case == $case)) // null;
 def inproc($size; $case): (.stats.sizes[]? | select(.records == $size) | .stats_bench.aggregate[] | select(.case == $case)) // null;
 
