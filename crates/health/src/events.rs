@@ -65,7 +65,7 @@ impl HealthEvent {
     ) -> HealthEvent {
         HealthEvent {
             event,
-            timestamp: crate::time::rfc3339(SystemTime::now()),
+            timestamp: llm_proxy_core::time::rfc3339(SystemTime::now()),
             api_url,
             backends,
             reason,

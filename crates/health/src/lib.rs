@@ -33,7 +33,6 @@ pub mod report;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
-mod time;
 
 pub use breaker::CircuitState;
 pub use config::{CircuitBreakerConfig, HealthCheckConfig, HttpProbeConfig, PingConfig};

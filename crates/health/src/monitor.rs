@@ -28,7 +28,7 @@ use crate::report::{
 };
 use crate::state::{CheckResult, EndpointHealthState, ProbeKind, Thresholds};
 use crate::telemetry;
-use crate::time::rfc3339;
+use llm_proxy_core::time::rfc3339;
 
 /// A backend as health sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
