@@ -3,7 +3,7 @@
 
 /// Records built (visible to queries; written at the next flush), by `backend`.
 pub const RECORDS_TOTAL: &str = "llm_proxy_usage_records_total";
-/// Exchanges that produced no record, by `reason` (`queue_full`, `shut_down`, `store_error`).
+/// Exchanges that produced no record, by `reason` (`queue_full`, `shut_down`, `buffer_full`).
 pub const RECORDS_DROPPED_TOTAL: &str = "llm_proxy_usage_records_dropped_total";
 /// Tokens of record, by `backend` and `kind` (`prompt`, `completion`, `cached`, `reasoning`).
 pub const TOKENS_TOTAL: &str = "llm_proxy_usage_tokens_total";

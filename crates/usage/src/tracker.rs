@@ -164,10 +164,12 @@ fn build_loop(rx: Receiver<FinishedExchange>, mut builder: RecordBuilder, shared
         emit_record_metrics(&record);
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() >= shared.max_pending {
-            // The store has been failing for a while: keep the newest.
-            pending.remove(0);
-            metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "store_error")
+            // The writer cannot keep up (the store is failing or too slow).
+            // Drop the new record, counted: removing from the front would
+            // shift every pending record and break the writer's batch order.
+            metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "buffer_full")
                 .increment(1);
+            continue;
         }
         pending.push((record, ex.ended_at));
         metrics::gauge!(telemetry::PENDING_RECORDS).set(pending.len() as f64);
@@ -203,6 +205,10 @@ fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) 
         while Instant::now() < deadline {
             if shared.stopping.load(Ordering::SeqCst) {
                 return;
+            }
+            // Under load, write early rather than let the buffer fill up.
+            if shared.pending_len() * 2 >= shared.max_pending {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
@@ -263,6 +269,10 @@ impl Shared {
     pub(crate) fn note_queued(&self) {
         let depth = self.backlog.fetch_add(1, Ordering::SeqCst) + 1;
         metrics::gauge!(telemetry::QUEUE_DEPTH).set(depth as f64);
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub(crate) fn note_unqueued(&self) {
