@@ -10,6 +10,7 @@ use llm_proxy_core::{Backend, ExchangeObserver, ObserverSet, Pipeline, RoutingCo
 use llm_proxy_health::{
     BackendSpec, EndpointUrl, HealthListener, HealthMonitor, HealthRoutes, HealthTasks,
 };
+use llm_proxy_replacement::{ModelReplacer, ReplacementRoutes};
 use llm_proxy_usage::routes::UsageRoutes;
 use llm_proxy_usage::tracker::UsageTracker;
 
@@ -84,11 +85,27 @@ impl App {
         for path in llm_proxy_health::routes::ROUTES {
             services = services.route(Method::GET, path, health_routes.clone());
         }
-        let pipeline = Arc::new(
-            Pipeline::new(routing.clone())?
-                .with_observers(ObserverSet::new(observers))
-                .with_health(health.clone()),
-        );
+        let mut pipeline = Pipeline::new(routing.clone())?
+            .with_observers(ObserverSet::new(observers))
+            .with_health(health.clone());
+        let replacement_routes = if config.replacement.enabled {
+            let replacer = Arc::new(ModelReplacer::new(&config.replacement));
+            tracing::info!(
+                probability = config.replacement.probability,
+                turn_count = config.replacement.turn_count,
+                rules = config.replacement.replacement_rules.len(),
+                "model replacement on"
+            );
+            pipeline = pipeline.with_rewriter(replacer.clone());
+            ReplacementRoutes::new(replacer)
+        } else {
+            ReplacementRoutes::disabled()
+        };
+        let replacement_routes = Arc::new(replacement_routes);
+        for path in llm_proxy_replacement::routes::ROUTES {
+            services = services.route(Method::GET, path, replacement_routes.clone());
+        }
+        let pipeline = Arc::new(pipeline);
         if config.health_check.enabled && config.health_check.notify_backends {
             health.add_listener(Arc::new(BackendNotifier::new(&routing, &pipeline)));
         }
@@ -143,10 +160,7 @@ impl App {
 /// Subsystems whose configuration loads but which this build does not run yet:
 /// say so once at start-up rather than pretend.
 fn report_pending_subsystems(config: &AppConfig) {
-    let pending = [
-        ("wire_capture", config.wire_capture.enabled),
-        ("replacement", config.replacement.enabled),
-    ];
+    let pending = [("wire_capture", config.wire_capture.enabled)];
     for (section, enabled) in pending {
         if enabled {
             tracing::info!(

@@ -408,3 +408,132 @@ fn sigkill_loses_at_most_one_flush_interval(file: &str) {
     );
     assert!(stored <= served, "stored {stored} > served {served}");
 }
+
+/// `GET path` over a fresh connection; the JSON body.
+fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let raw = read_all(s);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    json_body(&raw)
+}
+
+/// The model that answered each of `turns` turns of one session asking for `mock:echo`.
+fn served_models(addr: SocketAddr, session: &str, turns: usize) -> Vec<String> {
+    (0..turns)
+        .map(|_| {
+            let raw = read_all(post_raw(
+                addr,
+                "/v1/chat/completions",
+                r#"{"model":"mock:echo","messages":[{"role":"user","content":"hi"}]}"#,
+                &[("x-session-id", session)],
+            ));
+            assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+            json_body(&raw)["model"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn replacement_flags_work_end_to_end() {
+    let proxy = start(command(&[
+        "--port",
+        "0",
+        "--enable-replacement",
+        "--replacement-probability",
+        "1",
+        "--replacement-turn-count",
+        "2",
+        "--random-model-replacement-from-to",
+        "echo=mock:mock",
+    ]));
+    assert_eq!(
+        served_models(proxy.addr, "s1", 6),
+        ["echo", "mock", "mock", "echo", "mock", "mock"]
+    );
+    let m = get_json(proxy.addr, "/v1/replacement/metrics");
+    assert_eq!(m["enabled"], true);
+    assert_eq!(m["activation_metrics"]["total_activations"], 2);
+    assert_eq!(m["turn_count_metrics"]["total_turns_completed"], 4);
+    assert_eq!(m["turn_count_metrics"]["turn_count_distribution"]["2"], 2);
+}
+
+#[test]
+fn replacement_seed_environment_names_work_end_to_end() {
+    let mut cmd = command(&["--port", "0"]);
+    cmd.env("REPLACEMENT_ENABLED", "true")
+        .env("REPLACEMENT_PROBABILITY", "1.0")
+        .env("REPLACEMENT_TURN_COUNT", "1")
+        .env(
+            "REPLACEMENT_RULES",
+            r#"[{"from_pattern":"mock:echo","to_backend":"mock","to_model":"mock"}]"#,
+        );
+    let proxy = start(cmd);
+    assert_eq!(
+        served_models(proxy.addr, "s1", 4),
+        ["echo", "mock", "echo", "mock"]
+    );
+    // Probability 0 from the environment, overridden by nothing: never replaced.
+    let mut cmd = command(&["--port", "0", "--enable-replacement"]);
+    cmd.env("REPLACEMENT_PROBABILITY", "0").env(
+        "REPLACEMENT_RULES",
+        r#"[{"from_pattern":"*","to_backend":"mock","to_model":"mock"}]"#,
+    );
+    let proxy = start(cmd);
+    assert_eq!(served_models(proxy.addr, "s1", 4), ["echo"; 4]);
+    let m = get_json(proxy.addr, "/v1/replacement/metrics");
+    assert_eq!(
+        m["probability_check_metrics"]["total_probability_checks"],
+        3
+    );
+    assert_eq!(m["activation_metrics"]["total_activations"], 0);
+}
+
+#[test]
+fn replacement_off_says_so_and_bad_rules_name_the_key() {
+    let proxy = start(command(&["--port", "0"]));
+    let m = get_json(proxy.addr, "/v1/replacement/metrics");
+    assert_eq!(m["enabled"], false);
+    assert_eq!(m["activation_metrics"]["total_activations"], 0);
+    assert_eq!(served_models(proxy.addr, "s1", 3), ["echo"; 3]);
+    drop(proxy);
+
+    let (code, err) = run_to_exit(command(&[
+        "--port",
+        "0",
+        "--enable-replacement",
+        "--random-model-replacement-from-to",
+        "echo=mock:mock",
+        "--random-model-replacement-from-to",
+        "*=nope:x",
+    ]));
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("replacement.replacement_rules[1].to_backend"),
+        "{err}"
+    );
+    let (code, err) = run_to_exit(command(&[
+        "--port",
+        "0",
+        "--enable-replacement",
+        "--replacement-probability",
+        "1.5",
+        "--random-model-replacement-from-to",
+        "*=mock:mock",
+    ]));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("replacement.probability"), "{err}");
+    let (code, err) = run_to_exit(command(&["--port", "0", "--enable-replacement"]));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("replacement.replacement_rules"), "{err}");
+    let mut cmd = command(&["--port", "0"]);
+    cmd.env("REPLACEMENT_TURN_COUNT", "0");
+    let (code, err) = run_to_exit(cmd);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("replacement.turn_count"), "{err}");
+}
