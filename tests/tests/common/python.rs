@@ -104,3 +104,35 @@ pub fn run_script(python: &Path, script: &Path, arg: &str) -> Outcome {
         stderr: err.join().unwrap_or_default(),
     }
 }
+
+/// Runs `tests/py/<script> arg` on a blocking thread and fails the test
+/// unless it exits 0 within [`SCRIPT_TIMEOUT`] and prints `marker`; returns
+/// the outcome (its stdout and stderr make a good failure report).
+pub async fn run_passing(script: &str, arg: String, marker: &str) -> Outcome {
+    let python = python();
+    let path = workspace_root().join("tests/py").join(script);
+    assert!(path.exists(), "{} is missing", path.display());
+    let outcome = tokio::task::spawn_blocking(move || run_script(&python, &path, &arg))
+        .await
+        .expect("script runner");
+    let report = outcome.report();
+    match outcome.status {
+        None => panic!("{script} did not finish within {SCRIPT_TIMEOUT:?}\n{report}"),
+        Some(status) => assert!(status.success(), "{script} failed ({status})\n{report}"),
+    }
+    assert!(
+        outcome.stdout.contains(marker),
+        "{script} did not print {marker:?}\n{report}"
+    );
+    outcome
+}
+
+impl Outcome {
+    /// stdout and stderr, for assertion messages.
+    pub fn report(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
+    }
+}
