@@ -22,6 +22,7 @@ pub mod request;
 pub mod rewrite;
 pub mod routing;
 pub mod telemetry;
+pub mod translate;
 pub mod time;
 pub mod usage_strip;
 
