@@ -32,7 +32,11 @@ async fn translating_proxy(up: &MockUpstream) -> Proxy {
 
 async fn records(proxy: &Proxy, query: &str, n: u64) -> Vec<Value> {
     for _ in 0..200 {
-        let r = get(&proxy.url(&format!("/v1/usage/recent?limit=1000&{query}")), &[]).await;
+        let r = get(
+            &proxy.url(&format!("/v1/usage/recent?limit=1000&{query}")),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
         if v["total"].as_u64() == Some(n) {
@@ -168,7 +172,12 @@ async fn upstream_errors_arrive_in_the_clients_style() {
     assert_eq!(r.status, 429, "{}", r.body);
     let v = r.json();
     assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("backend error:"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backend error:")
+    );
     assert!(v.get("type").is_none(), "not Anthropic-shaped: {v}");
 
     // OpenAI backend's 503 → an Anthropic error body for the Anthropic client.
@@ -188,12 +197,22 @@ async fn upstream_errors_arrive_in_the_clients_style() {
         "messages": [{"role": "user", "content": "hi"}]});
     let r = post(&proxy.url("/v1/chat/completions"), &body.to_string(), &[]).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("`logprobs`"), "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`logprobs`"),
+        "{}",
+        r.body
+    );
     let raw = r#"{"model":"gpt:echo",  "messages":[{"role":"user","content":"hi"}]}"#;
     let r = post(&proxy.url("/v1/chat/completions"), raw, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let last = up.requests().last().unwrap().body.clone();
-    assert_eq!(&last[..], br#"{"model":"echo",  "messages":[{"role":"user","content":"hi"}]}"#);
+    assert_eq!(
+        &last[..],
+        br#"{"model":"echo",  "messages":[{"role":"user","content":"hi"}]}"#
+    );
 
     proxy.stop().await;
     up.shutdown().await;
@@ -208,7 +227,10 @@ async fn streams_are_transcoded_event_by_event() {
     let r = post_stream(
         &proxy.url("/v1/chat/completions"),
         &chat("claude:echo", "one two three four", true),
-        &[("x-mock-chunks", "4"), ("x-mock-inter-chunk-delay-ms", "20")],
+        &[
+            ("x-mock-chunks", "4"),
+            ("x-mock-inter-chunk-delay-ms", "20"),
+        ],
         Duration::from_secs(10),
     )
     .await;
@@ -218,8 +240,14 @@ async fn streams_are_transcoded_event_by_event() {
     assert!(r.frames.len() >= 4, "{} frames", r.frames.len());
     let text = r.text();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-    assert!(!text.contains("\"usage\""), "no usage chunk unless asked: {text}");
-    assert!(!text.contains("event:"), "OpenAI chunks have no event names: {text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "no usage chunk unless asked: {text}"
+    );
+    assert!(
+        !text.contains("event:"),
+        "OpenAI chunks have no event names: {text}"
+    );
     proxy.stop().await;
     up.shutdown().await;
 }

@@ -284,10 +284,7 @@ impl ProxyBody {
 
     /// What the stage still holds back (an unterminated last event, a translated body).
     fn held_back(&mut self) -> Bytes {
-        self.stage
-            .as_mut()
-            .map(Stage::finish)
-            .unwrap_or_default()
+        self.stage.as_mut().map(Stage::finish).unwrap_or_default()
     }
 }
 

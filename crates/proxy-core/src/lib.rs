@@ -22,8 +22,8 @@ pub mod request;
 pub mod rewrite;
 pub mod routing;
 pub mod telemetry;
-pub mod translate;
 pub mod time;
+pub mod translate;
 pub mod usage_strip;
 
 pub use backend::{Backend, BackendRequest, BackendResponse};

@@ -552,8 +552,12 @@ impl Pipeline {
             match translation.response(&collected) {
                 Ok(b) => (status, b),
                 Err(e) => {
-                    self.observers
-                        .on_backend_response_chunk(ctx, attempt, &collected, Instant::now());
+                    self.observers.on_backend_response_chunk(
+                        ctx,
+                        attempt,
+                        &collected,
+                        Instant::now(),
+                    );
                     return Err(UpstreamError::new(
                         attempt.backend.to_string(),
                         UpstreamErrorKind::InvalidResponse,
@@ -665,7 +669,10 @@ impl Pipeline {
 }
 
 /// Reads a body whole, up to [`MAX_JSON_RESPONSE_BYTES`].
-async fn collect(attempt: &AttemptInfo, mut body: crate::backend::UpstreamBody) -> Result<Bytes, UpstreamError> {
+async fn collect(
+    attempt: &AttemptInfo,
+    mut body: crate::backend::UpstreamBody,
+) -> Result<Bytes, UpstreamError> {
     let mut collected = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame?;

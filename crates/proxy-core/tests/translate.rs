@@ -80,10 +80,9 @@ fn canon_chat(req: &Value) -> Vec<Item> {
                 let text = match content {
                     Value::String(s) => s.clone(),
                     Value::Null => String::new(),
-                    Value::Array(parts) => parts
-                        .iter()
-                        .map(|p| p["text"].as_str().unwrap())
-                        .collect(),
+                    Value::Array(parts) => {
+                        parts.iter().map(|p| p["text"].as_str().unwrap()).collect()
+                    }
                     other => panic!("assistant content {other}"),
                 };
                 let calls = m["tool_calls"]
@@ -216,7 +215,12 @@ fn raw_inputs(raw: &str) -> Vec<String> {
     let mut out = Vec::new();
     for m in req.messages {
         if let Ok(blocks) = serde_json::from_str::<Vec<Blk<'_>>>(m.content.get()) {
-            out.extend(blocks.into_iter().filter_map(|b| b.input).map(|i| i.get().to_owned()));
+            out.extend(
+                blocks
+                    .into_iter()
+                    .filter_map(|b| b.input)
+                    .map(|i| i.get().to_owned()),
+            );
         }
     }
     out
@@ -230,7 +234,14 @@ fn text() -> impl Strategy<Value = String> {
 
 fn args() -> impl Strategy<Value = String> {
     (
-        prop::collection::btree_map("[a-z_]{1,6}", prop_oneof![any::<i32>().prop_map(|n| json!(n)), text().prop_map(Value::String)], 0..4),
+        prop::collection::btree_map(
+            "[a-z_]{1,6}",
+            prop_oneof![
+                any::<i32>().prop_map(|n| json!(n)),
+                text().prop_map(Value::String)
+            ],
+            0..4,
+        ),
         any::<bool>(),
     )
         .prop_map(|(map, pretty)| {
@@ -366,7 +377,11 @@ proptest! {
 // ---------------------------------------------------------------- golden
 
 const GOLDEN: &[(&str, Translation, bool)] = &[
-    ("anthropic_multi_tool.sse", Translation::ChatToAnthropic, true),
+    (
+        "anthropic_multi_tool.sse",
+        Translation::ChatToAnthropic,
+        true,
+    ),
     ("openai_multi_tool.sse", Translation::AnthropicToChat, false),
 ];
 
@@ -408,7 +423,11 @@ fn golden_multi_tool_streams() {
         assert_eq!(out, expected, "{fixture}");
         // Byte-at-a-time feeding gives the same output.
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        assert_eq!(transcode(*translation, *include_usage, &bytes), expected, "{fixture} byte by byte");
+        assert_eq!(
+            transcode(*translation, *include_usage, &bytes),
+            expected,
+            "{fixture} byte by byte"
+        );
     }
 }
 
@@ -445,8 +464,17 @@ fn golden_anthropic_stream_reads_as_openai() {
         }
     }
     assert_eq!(text, "I'll check the weather in both cities — één moment.");
-    assert_eq!(ids, ["toolu_01T1x1fJ34qAmk2tNTrN7Up6", "toolu_01A09q90qw90lq917835lq9"]);
-    assert_eq!(args[0], r#"{"location": "San Francisco, CA", "unit": "fahrenheit"}"#);
+    assert_eq!(
+        ids,
+        [
+            "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+            "toolu_01A09q90qw90lq917835lq9"
+        ]
+    );
+    assert_eq!(
+        args[0],
+        r#"{"location": "San Francisco, CA", "unit": "fahrenheit"}"#
+    );
     assert_eq!(args[1], r#"{"location": "Zürich"}"#);
     assert_eq!(finish.as_deref(), Some("tool_calls"));
     assert_eq!(
@@ -503,9 +531,18 @@ fn golden_openai_stream_reads_as_anthropic() {
     assert_eq!(
         blocks,
         [
-            ("text".to_owned(), "Checking both cities — één moment.".to_owned()),
-            ("tool_use".to_owned(), r#"{"location": "San Francisco, CA", "unit": "fahrenheit"}"#.to_owned()),
-            ("tool_use".to_owned(), r#"{"location": "Zürich"}"#.to_owned()),
+            (
+                "text".to_owned(),
+                "Checking both cities — één moment.".to_owned()
+            ),
+            (
+                "tool_use".to_owned(),
+                r#"{"location": "San Francisco, CA", "unit": "fahrenheit"}"#.to_owned()
+            ),
+            (
+                "tool_use".to_owned(),
+                r#"{"location": "Zürich"}"#.to_owned()
+            ),
         ]
     );
     assert_eq!(stop.as_deref(), Some("tool_use"));

@@ -242,7 +242,11 @@ pub fn chat_request_to_anthropic(
                             .unwrap_or_else(|_| empty_object())
                         })),
                     }),
-                    (kind, _) => Err(unsupported(format!("tools of type `{kind}`"), CHAT, MESSAGES)),
+                    (kind, _) => Err(unsupported(
+                        format!("tools of type `{kind}`"),
+                        CHAT,
+                        MESSAGES,
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
@@ -340,7 +344,11 @@ fn image_source(url: &str) -> Result<ImageSource, TranslateError> {
             return Err(TranslateError::Invalid("malformed data: image URL".into()));
         };
         let Some(mime) = meta.strip_suffix(";base64") else {
-            return Err(unsupported("data: image URLs that are not base64", CHAT, MESSAGES));
+            return Err(unsupported(
+                "data: image URLs that are not base64",
+                CHAT,
+                MESSAGES,
+            ));
         };
         return Ok(ImageSource {
             kind: "base64".into(),
@@ -398,8 +406,8 @@ pub fn anthropic_request_to_chat(
     }
     for (i, m) in req.messages.into_iter().enumerate() {
         let what = format!("messages[{i}].content");
-        let content = read_content::<Block>(Some(&m.content), &what)
-            .map_err(TranslateError::Invalid)?;
+        let content =
+            read_content::<Block>(Some(&m.content), &what).map_err(TranslateError::Invalid)?;
         match (m.role.as_str(), content) {
             (role @ ("user" | "assistant"), Some(Content::Text(t))) => {
                 messages.push(chat_message(role, Some(raw(&t))));
@@ -437,8 +445,7 @@ pub fn anthropic_request_to_chat(
                         other => return no(&format!("`{other}` blocks in assistant messages")),
                     }
                 }
-                let mut msg =
-                    chat_message("assistant", (!text.is_empty()).then(|| raw(&text)));
+                let mut msg = chat_message("assistant", (!text.is_empty()).then(|| raw(&text)));
                 msg.tool_calls = (!calls.is_empty()).then_some(calls);
                 messages.push(msg);
             }
@@ -584,6 +591,10 @@ fn block_to_chat_part(b: Block) -> Result<ChatPart, TranslateError> {
                 image_url: Some(ImageUrl { url }),
             })
         }
-        other => Err(unsupported(format!("`{other}` content blocks"), MESSAGES, CHAT)),
+        other => Err(unsupported(
+            format!("`{other}` content blocks"),
+            MESSAGES,
+            CHAT,
+        )),
     }
 }

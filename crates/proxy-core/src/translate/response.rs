@@ -72,7 +72,9 @@ pub fn unix_now() -> u64 {
 /// An Anthropic message body as an OpenAI chat completion body.
 pub fn anthropic_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
     let m: MessagesResponse = serde_json::from_slice(body).map_err(|e| {
-        TranslateError::Invalid(format!("unexpected Anthropic message from the backend: {e}"))
+        TranslateError::Invalid(format!(
+            "unexpected Anthropic message from the backend: {e}"
+        ))
     })?;
     let mut text = String::new();
     let mut calls = Vec::new();
@@ -117,7 +119,9 @@ pub fn anthropic_to_chat(body: &[u8]) -> Result<Bytes, TranslateError> {
 /// An OpenAI chat completion body as an Anthropic message body.
 pub fn chat_to_anthropic(body: &[u8]) -> Result<Bytes, TranslateError> {
     let r: ChatResponse = serde_json::from_slice(body).map_err(|e| {
-        TranslateError::Invalid(format!("unexpected OpenAI chat completion from the backend: {e}"))
+        TranslateError::Invalid(format!(
+            "unexpected OpenAI chat completion from the backend: {e}"
+        ))
     })?;
     let Some(choice) = r.choices.into_iter().next() else {
         return Err(TranslateError::Invalid(
@@ -145,7 +149,9 @@ pub fn chat_to_anthropic(body: &[u8]) -> Result<Bytes, TranslateError> {
             empty_object()
         } else {
             serde_json::value::RawValue::from_string(args).map_err(|e| {
-                TranslateError::Invalid(format!("the backend sent tool arguments that are not JSON: {e}"))
+                TranslateError::Invalid(format!(
+                    "the backend sent tool arguments that are not JSON: {e}"
+                ))
             })?
         };
         blocks.push(Block {
@@ -245,7 +251,11 @@ mod tests {
         let body = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"b\":1,\"a\":2}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":8}}}"#;
         let out = chat_to_anthropic(body).unwrap();
         // Arguments keep their key order: they cross as raw bytes.
-        assert!(std::str::from_utf8(&out).unwrap().contains(r#""input":{"b":1,"a":2}"#));
+        assert!(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .contains(r#""input":{"b":1,"a":2}"#)
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["stop_reason"], "tool_use");
         assert_eq!(v["content"][0]["type"], "tool_use");

@@ -241,7 +241,9 @@ struct ErrorBody {
 fn merge_usage(into: &mut AnthropicUsage, from: AnthropicUsage) {
     into.input_tokens = from.input_tokens.or(into.input_tokens);
     into.output_tokens = from.output_tokens.or(into.output_tokens);
-    into.cache_read_input_tokens = from.cache_read_input_tokens.or(into.cache_read_input_tokens);
+    into.cache_read_input_tokens = from
+        .cache_read_input_tokens
+        .or(into.cache_read_input_tokens);
     into.cache_creation_input_tokens = from
         .cache_creation_input_tokens
         .or(into.cache_creation_input_tokens);
@@ -281,7 +283,9 @@ impl AnthropicToChat {
                 self.chunk(out, json!({"role": "assistant", "content": ""}), None);
             }
             "content_block_start" => {
-                let Some(block) = ev.content_block else { return };
+                let Some(block) = ev.content_block else {
+                    return;
+                };
                 match block.kind.as_str() {
                     "tool_use" => {
                         let n = self.tools.len() as u64;
@@ -360,10 +364,10 @@ impl AnthropicToChat {
                     code: None,
                     message: "backend stream error".into(),
                 });
-                out.extend_from_slice(
-                    &Frontend::OpenAiChat
-                        .stream_error_event(error_status(&e.kind), &format!("backend error: {}", e.message)),
-                );
+                out.extend_from_slice(&Frontend::OpenAiChat.stream_error_event(
+                    error_status(&e.kind),
+                    &format!("backend error: {}", e.message),
+                ));
                 self.done = true;
             }
             _ => {}
@@ -491,11 +495,16 @@ impl ChatToAnthropic {
                 .code
                 .as_ref()
                 .and_then(Value::as_str)
-                .map_or(e.kind.as_str(), |c| if e.kind.is_empty() { c } else { &e.kind });
-            out.extend_from_slice(&Frontend::AnthropicMessages.stream_error_event(
-                error_status(kind),
-                &format!("backend error: {}", e.message),
-            ));
+                .map_or(
+                    e.kind.as_str(),
+                    |c| if e.kind.is_empty() { c } else { &e.kind },
+                );
+            out.extend_from_slice(
+                &Frontend::AnthropicMessages.stream_error_event(
+                    error_status(kind),
+                    &format!("backend error: {}", e.message),
+                ),
+            );
             self.done = true;
             return;
         }
