@@ -19,83 +19,32 @@ Prints `ok <scenario>` per scenario; exits 1 on the first failure.
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from typing import Any, Callable
 
 import anthropic
 import openai
-import pydantic
 
-PROMPT = "the quick brown fox jumps over the lazy dog"
-PROMPT_WORDS = len(PROMPT.split())  # 9
-TOOL_ARGS = json.dumps({"query": PROMPT}, separators=(",", ":"))
-TOOL_ARGS_WORDS = max(1, len(TOOL_ARGS.split()))
+# Shared with the same-protocol SDK checks (this script's folder is on sys.path).
+from sdk_check import (
+    ANTHROPIC_TOOLS,
+    OPENAI_TOOLS,
+    PROMPT,
+    PROMPT_WORDS,
+    TIMEOUT,
+    TOOL_ARGS,
+    TOOL_ARGS_WORDS,
+    CheckFailed,
+    _text,
+    _tool_use,
+    check,
+    eq,
+    validated,
+)
+
 RESULT = "sunny and warm"
 ANSWER = f"Tool result received: {RESULT}"
-TIMEOUT = 20.0
-
-OPENAI_TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Search the web.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string"}},
-                "required": ["query"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "other",
-            "description": "Never called.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
-
-ANTHROPIC_TOOLS: Any = [
-    {
-        "name": "search",
-        "description": "Search the web.",
-        "input_schema": {
-            "type": "object",
-            "properties": {"query": {"type": "string"}},
-            "required": ["query"],
-        },
-    },
-    {
-        "name": "other",
-        "description": "Never called.",
-        "input_schema": {"type": "object", "properties": {}},
-    },
-]
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise CheckFailed(what)
-
-
-def eq(actual: Any, expected: Any, what: str) -> None:
-    if actual != expected:
-        raise CheckFailed(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-def validated(obj: Any) -> Any:
-    """Re-validates an SDK object strictly through its own pydantic model."""
-    check(isinstance(obj, pydantic.BaseModel), f"{type(obj)!r} is not an SDK model")
-    data = obj.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return type(obj).model_validate(data)
 
 
 # --------------------------------------------------------------------------
@@ -256,10 +205,6 @@ def chat_untranslatable(oa: openai.OpenAI) -> None:
 MODEL_O = "gpt:echo"
 
 
-def _text(message: Any) -> str:
-    return "".join(b.text for b in message.content if b.type == "text")
-
-
 def messages_json(an: anthropic.Anthropic) -> None:
     m = an.messages.create(
         model=MODEL_O, max_tokens=64, system="be brief",
@@ -297,12 +242,6 @@ def messages_stream_raw(an: anthropic.Anthropic) -> None:
     assert usage is not None
     eq(usage.output_tokens, PROMPT_WORDS, "message_delta usage.output_tokens")
     eq(usage.input_tokens, PROMPT_WORDS, "message_delta usage.input_tokens")
-
-
-def _tool_use(message: Any) -> Any:
-    blocks = [b for b in message.content if b.type == "tool_use"]
-    eq(len(blocks), 1, "tool_use blocks")
-    return blocks[0]
 
 
 def messages_tool_round_trip(an: anthropic.Anthropic, stream: bool) -> None:

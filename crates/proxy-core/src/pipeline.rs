@@ -610,33 +610,22 @@ impl Pipeline {
             .on_backend_response_end(ctx, attempt, None, Instant::now());
     }
 
-    fn forward(&self, mut tracker: Tracker, response: BackendResponse) -> Response<ProxyBody> {
+    fn forward(&self, tracker: Tracker, response: BackendResponse) -> Response<ProxyBody> {
         let BackendResponse {
             status,
             headers,
             body,
         } = response;
-        let sse = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut headers = returnable_response_headers(&headers);
-        insert_request_id(&mut headers, &tracker.ctx.request_id);
-        tracker.status = status.as_u16();
-        tracker
-            .observers
-            .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
-        let mut response = Response::new(ProxyBody::new(body, tracker, sse));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response
+        let sse = is_sse(&headers);
+        let headers = returnable_response_headers(&headers);
+        respond(tracker, status, headers, |t| ProxyBody::new(body, t, sse))
     }
 
     /// [`Pipeline::forward`] for a translated exchange: the body passes
     /// through `stage`; a whole-body translation is JSON with `client_status`.
     fn forward_translated(
         &self,
-        mut tracker: Tracker,
+        tracker: Tracker,
         response: BackendResponse,
         stage: Option<Stage>,
         client_status: Option<StatusCode>,
@@ -656,16 +645,28 @@ impl Pipeline {
                 HeaderValue::from_static("application/json"),
             );
         }
-        insert_request_id(&mut headers, &tracker.ctx.request_id);
-        tracker.status = status.as_u16();
-        tracker
-            .observers
-            .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
-        let mut response = Response::new(ProxyBody::with_stage(body, tracker, sse, stage));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response
+        respond(tracker, status, headers, |t| {
+            ProxyBody::with_stage(body, t, sse, stage)
+        })
     }
+}
+
+/// The response head goes to the observers; the body is built around the tracker.
+fn respond(
+    mut tracker: Tracker,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: impl FnOnce(Tracker) -> ProxyBody,
+) -> Response<ProxyBody> {
+    insert_request_id(&mut headers, &tracker.ctx.request_id);
+    tracker.status = status.as_u16();
+    tracker
+        .observers
+        .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
+    let mut response = Response::new(body(tracker));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Reads a body whole, up to [`MAX_JSON_RESPONSE_BYTES`].
