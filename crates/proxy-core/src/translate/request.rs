@@ -598,3 +598,115 @@ fn block_to_chat_part(b: Block) -> Result<ChatPart, TranslateError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn to_anthropic(req: Value) -> Result<Value, TranslateError> {
+        chat_to_anthropic(req.to_string().as_bytes(), "claude-3-haiku-20240307")
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn to_chat(req: Value) -> Result<Value, TranslateError> {
+        anthropic_to_chat(req.to_string().as_bytes(), "gpt-4o")
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn openai_knobs_map_to_anthropic() {
+        let a = to_anthropic(json!({"model": "x", "messages": [
+                {"role": "developer", "content": "rules"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "required", "parallel_tool_calls": false,
+            "temperature": 1.7, "stop": "END", "max_tokens": 100}))
+        .unwrap();
+        assert_eq!(a["system"], "rules");
+        assert_eq!(a["max_tokens"], 100);
+        assert_eq!(a["temperature"], 1.0);
+        assert_eq!(a["stop_sequences"], json!(["END"]));
+        assert_eq!(
+            a["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(
+            a["tools"][0]["input_schema"],
+            json!({"type": "object", "properties": {}})
+        );
+        let content = &a["messages"][0]["content"];
+        assert_eq!(
+            content[1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "AAAA"})
+        );
+        assert_eq!(
+            content[2]["source"],
+            json!({"type": "url", "url": "https://x.test/a.png"})
+        );
+        // No max_tokens: the family default.
+        let a =
+            to_anthropic(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}))
+                .unwrap();
+        assert_eq!(a["max_tokens"], 4096);
+    }
+
+    #[test]
+    fn anthropic_knobs_map_to_openai() {
+        let c = to_chat(json!({"model": "x", "max_tokens": 10, "stream": true,
+            "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "tool_choice": {"type": "tool", "name": "f"},
+            "metadata": {"user_id": "u"},
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .unwrap();
+        assert_eq!(
+            c["messages"][0],
+            json!({"role": "system", "content": "a\n\nb"})
+        );
+        assert_eq!(
+            c["tool_choice"],
+            json!({"type": "function", "function": {"name": "f"}})
+        );
+        assert_eq!(c["user"], "u");
+        assert_eq!(c["max_tokens"], 10);
+        assert_eq!(c["stream_options"], json!({"include_usage": true}));
+    }
+
+    #[test]
+    fn untranslatable_features_are_named() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let err = |r: Result<Value, TranslateError>| r.unwrap_err().to_string();
+        assert!(err(to_anthropic(json!({"messages": user, "n": 3}))).contains("`n > 1`"));
+        assert!(
+            err(to_anthropic(
+                json!({"messages": user, "response_format": {"type": "json_schema"}})
+            ))
+            .contains("`response_format` of type `json_schema`")
+        );
+        assert!(
+            err(to_anthropic(
+                json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})
+            ))
+            .contains("`input_audio` content parts")
+        );
+        assert!(err(to_chat(json!({"messages": user, "top_k": 3}))).contains("`top_k`"));
+        assert!(
+            err(to_chat(
+                json!({"messages": user, "thinking": {"type": "enabled", "budget_tokens": 1024}})
+            ))
+            .contains("extended `thinking`")
+        );
+        assert!(
+            err(to_chat(
+                json!({"messages": user, "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+            ))
+            .contains("server tools of type `web_search_20250305`")
+        );
+        // Same requests without the feature translate.
+        assert!(to_anthropic(json!({"messages": user, "n": 1})).is_ok());
+        assert!(to_chat(json!({"messages": user, "thinking": {"type": "disabled"}})).is_ok());
+    }
+}
