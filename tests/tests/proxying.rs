@@ -524,7 +524,7 @@ async fn the_in_process_mock_backend_honours_timeouts_and_faults() {
 }
 
 #[tokio::test]
-async fn a_backend_of_the_other_protocol_is_refused_with_a_clear_400() {
+async fn a_backend_of_the_other_protocol_translates_or_refuses_with_a_clear_400() {
     let up = mock().await;
     let mut c = base_config();
     add_backend(&mut c, "claude", BackendType::Anthropic, &up.base_url());
@@ -532,28 +532,31 @@ async fn a_backend_of_the_other_protocol_is_refused_with_a_clear_400() {
     c.failover_routes
         .insert("mixed".into(), vec!["claude:m".into(), "gpt:m".into()]);
     let proxy = Proxy::start(c).await;
+    // OpenAI chat to an Anthropic backend is translated.
     let r = post(
         &proxy.url("/v1/chat/completions"),
         &chat("claude:m", "hi", false),
         &[],
     )
     .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["object"], "chat.completion");
+    assert_eq!(up.requests()[0].path, "/v1/messages");
+    // The Responses API is not translated: a clear 400.
+    let body = serde_json::json!({"model": "claude:m", "input": "hi"}).to_string();
+    let r = post(&proxy.url("/v1/responses"), &body, &[]).await;
     assert_eq!(r.status, 400);
     let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
-        message.contains("OpenAI chat") && message.contains("claude (anthropic)"),
+        message.contains("OpenAI responses") && message.contains("claude (anthropic)"),
         "{message}"
     );
-    // In a mixed route the matching backend serves it.
-    let r = post(
-        &proxy.url("/v1/chat/completions"),
-        &chat("mixed", "hi", false),
-        &[],
-    )
-    .await;
+    // In a mixed route the backend that speaks it serves it.
+    let body = serde_json::json!({"model": "mixed", "input": "hi"}).to_string();
+    let r = post(&proxy.url("/v1/responses"), &body, &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(up.requests().len(), 1);
-    assert_eq!(up.requests()[0].path, "/v1/chat/completions");
+    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.requests()[1].path, "/v1/responses");
     proxy.stop().await;
 }
 

@@ -20,7 +20,39 @@ use crate::observer::{
     ObserverSet,
 };
 use crate::telemetry;
+use crate::translate::StreamTranscoder;
 use crate::usage_strip::UsageChunkStripper;
+
+/// How upstream bytes become client bytes when they are not sent as they are.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// Hides the usage chunk the proxy (not the client) asked for.
+    Strip(UsageChunkStripper),
+    /// Translates the backend's SSE stream into the client's protocol.
+    Transcode(Box<StreamTranscoder>),
+    /// Sends this (already translated) body instead, when the upstream body ends.
+    Replace(Option<Bytes>),
+}
+
+impl Stage {
+    /// Client bytes for one upstream chunk (maybe empty).
+    fn push(&mut self, chunk: &Bytes) -> Bytes {
+        match self {
+            Stage::Strip(s) => s.push(chunk),
+            Stage::Transcode(t) => t.push(chunk),
+            Stage::Replace(_) => Bytes::new(),
+        }
+    }
+
+    /// What is left when the upstream body ends.
+    fn finish(&mut self) -> Bytes {
+        match self {
+            Stage::Strip(s) => s.finish(),
+            Stage::Transcode(t) => t.finish(),
+            Stage::Replace(body) => body.take().unwrap_or_default(),
+        }
+    }
+}
 
 /// Status recorded when the client went away before a response head existed
 /// (the nginx convention for "client closed request").
@@ -186,8 +218,8 @@ pub struct ProxyBody {
     tracker: Option<Tracker>,
     /// The response is an SSE stream: failures become error events.
     sse: bool,
-    /// Hides the usage chunk the proxy (not the client) asked for.
-    stripper: Option<UsageChunkStripper>,
+    /// Stripping or translation between the upstream and the client.
+    stage: Option<Stage>,
     /// The upstream body has ended; only the end is left to report.
     upstream_done: bool,
     done: bool,
@@ -200,11 +232,22 @@ impl ProxyBody {
                 .served_by
                 .as_ref()
                 .is_some_and(|a| a.stream_usage_requested);
+        let stage = strip.then(|| Stage::Strip(UsageChunkStripper::new()));
+        ProxyBody::with_stage(inner, tracker, sse, stage)
+    }
+
+    /// A body whose upstream bytes pass through `stage` on their way to the client.
+    pub(crate) fn with_stage(
+        inner: UpstreamBody,
+        tracker: Tracker,
+        sse: bool,
+        stage: Option<Stage>,
+    ) -> ProxyBody {
         ProxyBody {
             inner,
             tracker: Some(tracker),
             sse,
-            stripper: strip.then(UsageChunkStripper::new),
+            stage,
             upstream_done: false,
             done: false,
         }
@@ -239,12 +282,9 @@ impl ProxyBody {
         }
     }
 
-    /// What is still held back by the stripper (an unterminated last event).
+    /// What the stage still holds back (an unterminated last event, a translated body).
     fn held_back(&mut self) -> Bytes {
-        self.stripper
-            .as_mut()
-            .map(UsageChunkStripper::finish)
-            .unwrap_or_default()
+        self.stage.as_mut().map(Stage::finish).unwrap_or_default()
     }
 }
 
@@ -287,10 +327,16 @@ impl Body for ProxyBody {
                                 t.observers
                                     .on_backend_response_chunk(&t.ctx, attempt, &data, now);
                             }
-                            let out = match this.stripper.as_mut() {
+                            let mut out = match this.stage.as_mut() {
                                 Some(s) => s.push(&data),
                                 None => data,
                             };
+                            if this.inner.is_end_stream() {
+                                let rest = this.held_back();
+                                if !rest.is_empty() {
+                                    out = Bytes::from([&out[..], &rest[..]].concat());
+                                }
+                            }
                             if out.is_empty() && !this.inner.is_end_stream() {
                                 // Held back until the event is complete: nothing to send yet.
                                 continue;
@@ -362,8 +408,8 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         if self.done {
             SizeHint::with_exact(0)
-        } else if self.sse {
-            // An error event may be appended: the length is not known.
+        } else if self.sse || self.stage.is_some() {
+            // An error event may be appended, or the body is rewritten: the length is not known.
             SizeHint::default()
         } else {
             self.inner.size_hint()

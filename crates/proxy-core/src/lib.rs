@@ -23,6 +23,7 @@ pub mod rewrite;
 pub mod routing;
 pub mod telemetry;
 pub mod time;
+pub mod translate;
 pub mod usage_strip;
 
 pub use backend::{Backend, BackendRequest, BackendResponse};

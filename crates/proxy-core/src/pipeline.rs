@@ -15,7 +15,7 @@ use crate::backend::{
     self, Backend, BackendRequest, BackendResponse, forwardable_request_headers,
     returnable_response_headers,
 };
-use crate::body::{ProxyBody, Tracker};
+use crate::body::{ProxyBody, Stage, Tracker};
 use crate::config::RoutingConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError, UpstreamErrorKind};
 use crate::health::{AlwaysAvailable, AttemptOutcome, EndpointHealth};
@@ -25,6 +25,7 @@ use crate::request::RequestFacts;
 use crate::rewrite::{RewriteRequest, RouteRewriter};
 use crate::routing::{RoutePlan, Router, Target};
 use crate::telemetry;
+use crate::translate::{TranslateError, Translation};
 
 /// An attempt whose outcome health has not been told yet; dropping it while
 /// `pending` (the client went away mid-attempt) reports `ClientGone`.
@@ -203,11 +204,28 @@ impl Pipeline {
             Err(e) => return error_response(tracker, &e),
         };
         let mut last_error: Option<UpstreamError> = None;
+        let mut untranslatable: Option<TranslateError> = None;
         let count = plan.len();
         for (index, (target, replaced)) in plan.into_iter().enumerate() {
             let has_next = index + 1 < count;
             let Some(backend) = self.backends.get(&target.backend) else {
                 continue;
+            };
+            // Cross-protocol targets get the request translated (plan() kept
+            // only targets that have a translation).
+            let translation = Translation::between(request.frontend, backend.backend_type())
+                .ok()
+                .flatten();
+            let translated = match translation {
+                None => None,
+                Some(tr) => match tr.request(&request.body, &target.model) {
+                    Ok(body) => Some(body),
+                    Err(e) => {
+                        tracing::debug!(backend = %target.backend, error = %e, "request cannot be translated for this target");
+                        untranslatable.get_or_insert(e);
+                        continue;
+                    }
+                },
             };
             if !self.health.try_admit(&target.backend) && has_next {
                 tracing::debug!(backend = %target.backend, "backend refused admission; trying next target");
@@ -223,6 +241,7 @@ impl Pipeline {
             };
             tracker.attempts += 1;
             let request_usage = request.frontend == Frontend::OpenAiChat
+                && translation.is_none()
                 && facts.stream
                 && !facts.include_usage
                 && self
@@ -239,12 +258,19 @@ impl Pipeline {
                 stream_usage_requested: request_usage,
             };
             let mut headers = forwardable_request_headers(&request.headers);
+            if translation == Some(Translation::AnthropicToChat) {
+                headers.remove("anthropic-version");
+                headers.remove("anthropic-beta");
+            }
             backend.authorize(&mut headers);
             let backend_request = BackendRequest {
-                frontend: request.frontend,
+                frontend: translation.map_or(request.frontend, Translation::backend),
                 query: request.uri.query().map(str::to_owned),
                 headers,
-                body: facts.rewrite(&request.body, &target.model, request_usage),
+                body: match translated {
+                    Some(body) => body,
+                    None => facts.rewrite(&request.body, &target.model, request_usage),
+                },
             };
             let uri = backend.uri_for(&backend_request);
             self.observers.on_backend_request(
@@ -256,7 +282,38 @@ impl Pipeline {
             );
             let sent = Instant::now();
             let mut result = backend.send(backend_request).await;
-            if let Ok(response) = result {
+            let mut stage: Option<Stage> = None;
+            let mut client_status: Option<StatusCode> = None;
+            if let (Ok(response), Some(tr)) = (&mut result, translation) {
+                self.observers.on_backend_response_head(
+                    &ctx,
+                    &attempt,
+                    response.status,
+                    &response.headers,
+                    Instant::now(),
+                );
+                let status = response.status;
+                if is_sse(&response.headers) && status.is_success() {
+                    stage = Some(Stage::Transcode(Box::new(tr.stream(facts.include_usage))));
+                } else {
+                    let placeholder = BackendResponse {
+                        status,
+                        headers: HeaderMap::new(),
+                        body: Full::new(Bytes::new())
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    };
+                    let upstream = std::mem::replace(response, placeholder);
+                    result = self
+                        .translate_whole(&ctx, &attempt, tr, upstream)
+                        .await
+                        .map(|(response, body, status)| {
+                            stage = Some(Stage::Replace(Some(body)));
+                            client_status = Some(status);
+                            response
+                        });
+                }
+            } else if let Ok(response) = result {
                 self.observers.on_backend_response_head(
                     &ctx,
                     &attempt,
@@ -322,13 +379,20 @@ impl Pipeline {
                     tracker.sent_at = Some(sent);
                     // From here the tracker reports the outcome (at the body's end).
                     admission.pending = false;
+                    if translation.is_some() {
+                        return self.forward_translated(tracker, response, stage, client_status);
+                    }
                     return self.forward(tracker, response);
                 }
             }
         }
-        let err = last_error.map(ProxyError::Upstream).unwrap_or_else(|| {
-            ProxyError::BadRequest("no backend could be tried for this model".into())
-        });
+        let err = match (last_error, untranslatable) {
+            (Some(e), _) => ProxyError::Upstream(e),
+            (None, Some(e)) => ProxyError::BadRequest(e.to_string()),
+            (None, None) => {
+                ProxyError::BadRequest("no backend could be tried for this model".into())
+            }
+        };
         error_response(tracker, &err)
     }
 
@@ -361,12 +425,19 @@ impl Pipeline {
                 }
             }
         }
-        // Until cross-protocol translation exists, a backend only serves its own protocol.
+        // A target must speak the client's protocol or have a translation to it.
         let count = planned.len();
+        let mut refusal: Option<TranslateError> = None;
         planned.retain(|(t, _)| {
-            self.backends
-                .get(&t.backend)
-                .is_some_and(|b| b.backend_type().serves(request.frontend))
+            self.backends.get(&t.backend).is_some_and(|b| {
+                match Translation::between(request.frontend, b.backend_type()) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        refusal.get_or_insert(e);
+                        false
+                    }
+                }
+            })
         });
         if planned.is_empty() {
             let kinds: Vec<String> = self
@@ -380,8 +451,9 @@ impl Pipeline {
                         .map(|b| format!("{} ({})", t.backend, b.backend_type()))
                 })
                 .collect();
+            let why = refusal.map(|e| e.to_string()).unwrap_or_default();
             return Err(ProxyError::BadRequest(format!(
-                "{} requests cannot be served by {}: translation between the OpenAI and Anthropic protocols is not supported yet",
+                "{} requests cannot be served by {}: {why}",
                 request.frontend.describe(),
                 kinds.join(", ")
             )));
@@ -419,23 +491,9 @@ impl Pipeline {
         let BackendResponse {
             status,
             headers,
-            mut body,
+            body,
         } = response;
-        let mut collected = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame?;
-            if let Some(data) = frame.data_ref() {
-                if collected.len() + data.len() > MAX_JSON_RESPONSE_BYTES {
-                    return Err(UpstreamError::new(
-                        attempt.backend.to_string(),
-                        UpstreamErrorKind::InvalidResponse,
-                        format!("JSON response larger than {MAX_JSON_RESPONSE_BYTES} bytes"),
-                    ));
-                }
-                collected.extend_from_slice(data);
-            }
-        }
-        let collected = collected.freeze();
+        let collected = collect(attempt, body).await?;
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&collected) {
             self.observers
                 .on_backend_response_chunk(ctx, attempt, &collected, Instant::now());
@@ -452,6 +510,73 @@ impl Pipeline {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         })
+    }
+
+    /// Reads a whole translated-exchange answer (a JSON success, or an error
+    /// of any content type) and translates it for the client. The returned
+    /// response still carries the backend's bytes (for the backend leg); the
+    /// client gets the returned body with the returned status.
+    async fn translate_whole(
+        &self,
+        ctx: &ExchangeContext,
+        attempt: &AttemptInfo,
+        translation: Translation,
+        response: BackendResponse,
+    ) -> Result<(BackendResponse, Bytes, StatusCode), UpstreamError> {
+        let status = response.status;
+        let response = if status.is_success() {
+            self.buffer_json(ctx, attempt, response).await?
+        } else {
+            let BackendResponse {
+                status,
+                headers,
+                body,
+            } = response;
+            let collected = collect(attempt, body).await?;
+            BackendResponse {
+                status,
+                headers,
+                body: Full::new(collected)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            }
+        };
+        let BackendResponse {
+            status,
+            headers,
+            body,
+        } = response;
+        // Already buffered: this only takes the bytes back out.
+        let collected = collect(attempt, body).await?;
+        let (client_status, translated) = if status.is_success() {
+            match translation.response(&collected) {
+                Ok(b) => (status, b),
+                Err(e) => {
+                    self.observers.on_backend_response_chunk(
+                        ctx,
+                        attempt,
+                        &collected,
+                        Instant::now(),
+                    );
+                    return Err(UpstreamError::new(
+                        attempt.backend.to_string(),
+                        UpstreamErrorKind::InvalidResponse,
+                        e.to_string(),
+                    ));
+                }
+            }
+        } else {
+            let (s, b) = translation.error(status.as_u16(), &collected);
+            (StatusCode::from_u16(s).unwrap_or(status), b)
+        };
+        let response = BackendResponse {
+            status,
+            headers,
+            body: Full::new(collected)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        };
+        Ok((response, translated, client_status))
     }
 
     /// Reads (and reports) the body of a response we are not forwarding.
@@ -485,27 +610,92 @@ impl Pipeline {
             .on_backend_response_end(ctx, attempt, None, Instant::now());
     }
 
-    fn forward(&self, mut tracker: Tracker, response: BackendResponse) -> Response<ProxyBody> {
+    fn forward(&self, tracker: Tracker, response: BackendResponse) -> Response<ProxyBody> {
         let BackendResponse {
             status,
             headers,
             body,
         } = response;
-        let sse = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut headers = returnable_response_headers(&headers);
-        insert_request_id(&mut headers, &tracker.ctx.request_id);
-        tracker.status = status.as_u16();
-        tracker
-            .observers
-            .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
-        let mut response = Response::new(ProxyBody::new(body, tracker, sse));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        response
+        let sse = is_sse(&headers);
+        let headers = returnable_response_headers(&headers);
+        respond(tracker, status, headers, |t| ProxyBody::new(body, t, sse))
     }
+
+    /// [`Pipeline::forward`] for a translated exchange: the body passes
+    /// through `stage`; a whole-body translation is JSON with `client_status`.
+    fn forward_translated(
+        &self,
+        tracker: Tracker,
+        response: BackendResponse,
+        stage: Option<Stage>,
+        client_status: Option<StatusCode>,
+    ) -> Response<ProxyBody> {
+        let BackendResponse {
+            status,
+            headers,
+            body,
+        } = response;
+        let sse = matches!(stage, Some(Stage::Transcode(_)));
+        let status = client_status.unwrap_or(status);
+        let mut headers = returnable_response_headers(&headers);
+        headers.remove(http::header::CONTENT_ENCODING);
+        if !sse {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        respond(tracker, status, headers, |t| {
+            ProxyBody::with_stage(body, t, sse, stage)
+        })
+    }
+}
+
+/// The response head goes to the observers; the body is built around the tracker.
+fn respond(
+    mut tracker: Tracker,
+    status: StatusCode,
+    mut headers: HeaderMap,
+    body: impl FnOnce(Tracker) -> ProxyBody,
+) -> Response<ProxyBody> {
+    insert_request_id(&mut headers, &tracker.ctx.request_id);
+    tracker.status = status.as_u16();
+    tracker
+        .observers
+        .on_client_response_head(&tracker.ctx, status, &headers, Instant::now());
+    let mut response = Response::new(body(tracker));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Reads a body whole, up to [`MAX_JSON_RESPONSE_BYTES`].
+async fn collect(
+    attempt: &AttemptInfo,
+    mut body: crate::backend::UpstreamBody,
+) -> Result<Bytes, UpstreamError> {
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > MAX_JSON_RESPONSE_BYTES {
+                return Err(UpstreamError::new(
+                    attempt.backend.to_string(),
+                    UpstreamErrorKind::InvalidResponse,
+                    format!("response larger than {MAX_JSON_RESPONSE_BYTES} bytes"),
+                ));
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Largest non-streaming JSON answer the proxy accepts from an upstream.
