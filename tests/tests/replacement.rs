@@ -21,11 +21,10 @@ use llm_proxy_core::BackendType;
 use llm_proxy_testkit::{MockUpstream, MockUpstreamConfig};
 use serde_json::{Value, json};
 
-/// The backend type that serves replaced turns in the SDK test. Replacement
-/// across protocols (an OpenAI client served by an Anthropic backend) needs
-/// cross-protocol translation; switch this to `BackendType::Anthropic` once
-/// it is merged.
-const SDK_REPLACEMENT_BACKEND_TYPE: BackendType = BackendType::OpenAi;
+/// The backend type that serves replaced turns in the SDK test: replacement
+/// across protocols (an OpenAI client served by an Anthropic backend), so the
+/// replaced turns also exercise cross-protocol translation.
+const SDK_REPLACEMENT_BACKEND_TYPE: BackendType = BackendType::Anthropic;
 
 /// `primary` (OpenAI type) on one upstream, `secondary` of `secondary_type` on
 /// another; replacement on with probability 1 and `turn_count` 2, every model
