@@ -55,19 +55,23 @@ async fn wait_for_count(proxy: &Proxy, n: u64, within: Duration) -> Value {
 }
 
 async fn one_request(proxy: &Proxy, i: u64) {
-    let (path, body) = if i % 3 == 0 {
+    let (path, body) = if i.is_multiple_of(3) {
         (
             "/v1/messages",
             messages(
                 "anthropic:claude-sonnet-4",
                 &format!("hello {i}"),
-                i % 2 == 0,
+                i.is_multiple_of(2),
             ),
         )
     } else {
         (
             "/v1/chat/completions",
-            chat("openai:gpt-4o-mini", &format!("hi there {i}"), i % 2 == 0),
+            chat(
+                "openai:gpt-4o-mini",
+                &format!("hi there {i}"),
+                i.is_multiple_of(2),
+            ),
         )
     };
     let r = post(
