@@ -42,6 +42,24 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> UsageError + '_ {
     }
 }
 
+/// The length of `file` up to its last newline (reading backwards, in
+/// chunks: the journal may be large).
+fn complete_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 impl SpillJournal {
     /// Opens (or creates) the journal at `path`, at most `max_bytes` long.
     pub fn open(path: &Path, max_bytes: u64) -> Result<SpillJournal, UsageError> {
@@ -67,18 +85,10 @@ impl SpillJournal {
         };
         let mut len = file.metadata().map_err(&err)?.len();
         // Cut a torn last line.
-        if len > 0 {
-            let mut bytes = Vec::new();
-            file.seek(SeekFrom::Start(0)).map_err(&err)?;
-            file.read_to_end(&mut bytes).map_err(&err)?;
-            let complete = bytes
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i as u64 + 1);
-            if complete < len {
-                file.set_len(complete).map_err(&err)?;
-                len = complete;
-            }
+        let complete = complete_len(&mut file, len).map_err(&err)?;
+        if complete < len {
+            file.set_len(complete).map_err(&err)?;
+            len = complete;
         }
         let head = match std::fs::read_to_string(&head_path) {
             Ok(s) => s.trim().parse::<u64>().unwrap_or(0).min(len),
