@@ -22,6 +22,8 @@
 #   metric_sum URL NAME                sum of a Prometheus metric's samples at URL/metrics
 #   median / percentile P              of numbers on stdin
 #   bench_meta_json                    git sha, date, machine, tool versions (JSON)
+#   start_postgres                     a private PostgreSQL cluster on 127.0.0.1 → PG_PORT, PG_DIR;
+#                                      pg_createdb NAME prints its URL; stopped on exit
 #
 # Everything started here is stopped on exit (trap). Scratch files live in
 # BENCH_WORK (a fresh temp dir, removed on exit unless BENCH_KEEP_WORK=1).
@@ -43,6 +45,7 @@ BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/llm-proxy-bench.XXXXXX")
 LOAD_TOOL=""
 BENCH_NOISY_RUNS=0
 _BENCH_PIDS=()
+_BENCH_PG_DIRS=()
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -61,6 +64,10 @@ _bench_cleanup() {
     for pid in "${_BENCH_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    local pg
+    for pg in "${_BENCH_PG_DIRS[@]}"; do
+        _pg_as "$PG_BIN/pg_ctl" -D "$pg/data" -m fast -w stop >/dev/null 2>&1 || true
+    done
     if [[ ${BENCH_KEEP_WORK:-0} == 1 ]]; then
         log "scratch files kept in $BENCH_WORK"
     else
@@ -78,6 +85,40 @@ need() {
     done
 }
 need curl jq awk getconf
+
+# --- PostgreSQL -----------------------------------------------------------------
+
+# Runs a PostgreSQL tool as user postgres when we are root (initdb refuses root).
+_pg_as() {
+    if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A private cluster in BENCH_WORK on a free loopback port (trust auth).
+start_postgres() {
+    PG_BIN=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -1)
+    [[ -x $PG_BIN/initdb ]] || die "PostgreSQL is not installed (apt-get install postgresql)"
+    PG_DIR=$BENCH_WORK/pg
+    mkdir -p "$PG_DIR"
+    if ((EUID == 0)); then chown postgres: "$PG_DIR" && chmod o+x "$BENCH_WORK"; fi
+    PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    _pg_as "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --no-sync >/dev/null
+    _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+        -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c shared_buffers=256MB" start >/dev/null
+    _BENCH_PG_DIRS+=("$PG_DIR")
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+}
+
+# pg_createdb NAME → prints postgres://postgres@127.0.0.1:PORT/NAME
+pg_createdb() {
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "CREATE DATABASE \"$1\"" >/dev/null
+    echo "postgres://postgres@127.0.0.1:$PG_PORT/$1"
+}
+
+# pg_sql DB SQL → the unaligned answer
+pg_sql() {
+    "$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$1" -c "$2"
+}
 
 # --- Build and tools ----------------------------------------------------------
 

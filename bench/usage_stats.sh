@@ -4,7 +4,12 @@
 # 10 M at most 2× that).
 #
 #   bench/usage_stats.sh [--records "1000000 10000000"] [--runs 20]
-#                        [--data-dir /tmp/llm-proxy-bench-data] [--reuse]
+#                        [--data-dir /tmp/llm-proxy-bench-data] [--reuse] [--postgres]
+#
+# --postgres: the same over the Postgres store (a private cluster started
+# here, a fresh database per size; --reuse does not apply). stats_bench's
+# insert line is then the store's write throughput (one writer, batches of
+# 1000, as the tracker writes). Writes bench/results/usage-postgres-<date>.json.
 #
 # For each size N:
 #  1. crates/usage/examples/stats_bench generates N synthetic records
@@ -23,14 +28,15 @@
 # bench/results/usage-<date>.md.
 source "$(dirname "$0")/lib.sh"
 
-SIZES="1000000 10000000" RUNS=20 DATA_DIR=${TMPDIR:-/tmp}/llm-proxy-bench-data REUSE=0
+SIZES="1000000 10000000" RUNS=20 DATA_DIR=${TMPDIR:-/tmp}/llm-proxy-bench-data REUSE=0 PG=0
 while (($#)); do
     case $1 in
     --records) SIZES=$2 && shift ;;
     --runs) RUNS=$2 && shift ;;
     --data-dir) DATA_DIR=$2 && shift ;;
     --reuse) REUSE=1 ;;
-    -h | --help) sed -n '2,24p' "$0" && exit 0 ;;
+    --postgres) PG=1 ;;
+    -h | --help) sed -n '2,30p' "$0" && exit 0 ;;
     *) die "unknown argument $1" ;;
     esac
     shift
@@ -38,6 +44,7 @@ done
 mkdir -p "$DATA_DIR"
 
 build_release
+if ((PG)); then start_postgres; fi
 
 # stats_bench's table rows → JSON array.
 parse_table() {
@@ -71,7 +78,14 @@ SIZES_JSON=()
 for n in $SIZES; do
     store=$DATA_DIR/usage-$n.sqlite3
     args=(--records "$n" --path "$store" --runs "$RUNS")
-    if ((REUSE)) && [[ -s $store ]]; then
+    store_env=(USAGE_TRACKING_PERSISTENCE_PATH="$store")
+    if ((PG)); then
+        db_url=$(pg_createdb "usage_$n")
+        args+=(--database-url "$db_url")
+        store_env=(USAGE_TRACKING_DATABASE_URL="$db_url"
+            LLM_PROXY__USAGE_TRACKING__SPILL_PATH="$BENCH_WORK/spill-$n.jsonl")
+        log "generating $n records into $db_url"
+    elif ((REUSE)) && [[ -s $store ]]; then
         args+=(--reuse)
         log "reusing $store"
     else
@@ -87,7 +101,7 @@ for n in $SIZES; do
     # End to end over HTTP.
     wait_for_quiet
     t0=$(date +%s.%N)
-    start_proxy "$CONFIG" USAGE_TRACKING_ENABLED=true USAGE_TRACKING_PERSISTENCE_PATH="$store"
+    start_proxy "$CONFIG" USAGE_TRACKING_ENABLED=true "${store_env[@]}"
     startup_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
     newest=$(curl -sf "$PROXY_URL/v1/usage/recent?limit=1" | jq -r '.records[0].timestamp')
     newest_s=$(jq -rn --arg t "$newest" '$t | sub("\\.[0-9]+"; "") | fromdateiso8601')
@@ -111,10 +125,13 @@ for n in $SIZES; do
     done
     rss=$(rss_kb "$PROXY_PID")
     stop_process "$PROXY_PID"
+    if ((PG)); then bytes=$(pg_sql "usage_$n" "SELECT pg_database_size('usage_$n')"); else
+        bytes=$(stat -c %s "$store")
+    fi
     SIZES_JSON+=("$(jq -n --argjson n "$n" --arg insert "$insert" --arg open "$open" \
         --argjson table "$table" --argjson http "$http" --argjson startup "$startup_s" \
         --argjson rss "$rss" --arg newest "$newest" \
-        --argjson bytes "$(stat -c %s "$store")" '{records:$n, store_bytes:$bytes,
+        --argjson bytes "$bytes" '{records:$n, store_bytes:$bytes,
           stats_bench:{insert:$insert, open:$open, aggregate:$table},
           http:{proxy_startup_s:$startup, rss_mb_after:($rss / 1024), newest_record:$newest, queries:$http}}')")
 done
@@ -125,11 +142,13 @@ PART=$(printf '%s\n' "${SIZES_JSON[@]}" | jq -s --argjson meta "$META" --argjson
     setup:{generator:"llm_proxy_usage::store::conformance::synthetic_records via examples/stats_bench",
            timing:"in process: aggregate + finish_stats; HTTP: curl time_total, new connection per request",
            runs:$runs},
-    sizes:.}')
+    store:(if $pg == 1 then "postgres" else "sqlite" end),
+    sizes:.}' --argjson pg "$PG")
 
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p "$RESULTS_DIR"
 OUT=$RESULTS_DIR/usage-$DATE.json
+if ((PG)); then OUT=$RESULTS_DIR/usage-postgres-$DATE.json; fi
 if [[ -f $OUT ]]; then jq --argjson p "$PART" '.stats = $p' "$OUT" >"$OUT.tmp"; else
     jq -n --argjson p "$PART" '{stats: $p}' >"$OUT.tmp"
 fi

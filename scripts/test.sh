@@ -27,5 +27,12 @@ if ! venv_ok; then
     cp "$requirements" "$stamp"
 fi
 
+# The Postgres usage-store tests start private clusters themselves
+# (crates/testkit PgCluster); they need the PostgreSQL binaries installed.
+if [[ -z "${LLM_PROXY_PG_BIN:-}" ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    echo "test.sh: PostgreSQL is not installed (apt-get install postgresql, or set LLM_PROXY_PG_BIN)" >&2
+    exit 1
+fi
+
 export LLM_PROXY_TEST_PYTHON="$venv/bin/python"
 exec cargo test --workspace --locked "$@"

@@ -63,7 +63,7 @@ impl App {
             for note in notes {
                 tracing::error!("{note}");
             }
-            tracing::info!(store = %config.usage_tracking.persistence_path, "usage tracking on");
+            tracing::info!(store = %tracker.store_description(), "usage tracking on");
             observers.push(tracker.collector());
             Some(tracker)
         } else {

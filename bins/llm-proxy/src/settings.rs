@@ -111,6 +111,11 @@ const SEED_ENV: &[(&str, &str, EnvValue)] = &[
         EnvValue::Text,
     ),
     (
+        "USAGE_TRACKING_DATABASE_URL",
+        "usage_tracking.database_url",
+        EnvValue::Text,
+    ),
+    (
         "USAGE_TRACKING_FLUSH_INTERVAL_SECONDS",
         "usage_tracking.flush_interval_seconds",
         EnvValue::Typed,
@@ -693,6 +698,20 @@ wire_capture:
         assert_eq!(c.wire_capture.output_dir, "2024");
         assert!(c.auth.api_keys.is_empty());
         assert_eq!(c.default_backend.as_deref(), Some("123"));
+        // The Postgres URL: set from its seed name, never shown with its password.
+        let e = env(&[(
+            "USAGE_TRACKING_DATABASE_URL",
+            "postgres://proxy:s3cret@127.0.0.1:5432/usage",
+        )]);
+        let c = load_from(&ServeArgs::default(), &e).unwrap();
+        let url = c.usage_tracking.database_url.as_ref().unwrap();
+        assert_eq!(url.0, "postgres://proxy:s3cret@127.0.0.1:5432/usage");
+        let shown = format!("{:?}", c.usage_tracking);
+        assert!(
+            shown.contains("postgres://proxy@127.0.0.1:5432/usage"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
         let bad = ServeArgs {
             replacement_rules: vec!["nonsense".into()],
             ..ServeArgs::default()

@@ -11,9 +11,11 @@
 //! proxy probing in the background never shifts `requests()`.
 
 mod body;
+pub mod postgres;
 mod server;
 mod sse;
 
 pub use llm_proxy_core::mock::{MockFault, MockOptions};
+pub use postgres::{PgCluster, PgClusterError};
 pub use server::{MockUpstream, MockUpstreamConfig, RecordedRequest};
 pub use sse::sse_events;

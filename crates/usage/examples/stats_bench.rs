@@ -8,6 +8,8 @@
 //! ```
 //!
 //! `--reuse` keeps an existing store at `--path` instead of regenerating.
+//! `--database-url postgres://…` benchmarks the Postgres store instead (the
+//! database should be empty, or hold a previous run's records with `--reuse`).
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use llm_proxy_usage::query::{GroupKey, UsageFilter};
 use llm_proxy_usage::store::conformance::synthetic_records;
+use llm_proxy_usage::store::postgres::{PostgresOptions, PostgresStore};
 use llm_proxy_usage::store::{SqliteStore, UsageStore};
 
 const DAY_US: i64 = 86_400_000_000;
@@ -33,6 +36,7 @@ struct Args {
     batch: usize,
     runs: usize,
     reuse: bool,
+    database_url: Option<String>,
 }
 
 fn parse_args() -> Result<Args, Box<dyn Error>> {
@@ -42,6 +46,7 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
         batch: 1000,
         runs: 20,
         reuse: false,
+        database_url: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -52,6 +57,7 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
             "--batch" => args.batch = value()?.parse::<usize>()?.max(1),
             "--runs" => args.runs = value()?.parse::<usize>()?.max(1),
             "--reuse" => args.reuse = true,
+            "--database-url" => args.database_url = Some(value()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -87,12 +93,32 @@ fn time_runs(
     Ok((median, times[0], times[times.len() - 1], matched))
 }
 
+/// The store under test, its records, and its bytes on disk (a file store).
+type Opened = (Box<dyn UsageStore>, u64, Option<u64>);
+
+fn open_store(args: &Args) -> Result<Opened, Box<dyn Error>> {
+    match &args.database_url {
+        Some(url) => {
+            let spill = std::env::temp_dir()
+                .join(format!("stats-bench-spill-{}.jsonl", std::process::id()));
+            let (store, _) = PostgresStore::open(PostgresOptions::new(url.clone(), spill))?;
+            let n = store.count()?;
+            Ok((Box::new(store), n, None))
+        }
+        None => {
+            let (store, report) = SqliteStore::open(&args.path)?;
+            let bytes = std::fs::metadata(&args.path).map_or(0, |m| m.len());
+            Ok((Box::new(store), report.records, Some(bytes)))
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let args = parse_args()?;
-    if !args.reuse {
+    if !args.reuse && args.database_url.is_none() {
         remove_store_files(&args.path);
     }
-    let (store, _) = SqliteStore::open(&args.path)?;
+    let (store, _, _) = open_store(&args)?;
     let existing = store.count()?;
     let mut session_probe = None;
     if existing == 0 {
@@ -125,6 +151,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         store.flush()?;
         insert_time += t.elapsed();
         eprintln!();
+        // A Postgres write that failed would have spilled, not stored.
+        let stored = store.count()?;
+        if stored != inserted as u64 {
+            return Err(format!("only {stored} of {inserted} records reached the store").into());
+        }
         println!(
             "insert: {inserted} records in batches of {} in {:.1} s = {:.0} records/s",
             args.batch,
@@ -134,13 +165,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     drop(store);
     let t = Instant::now();
-    let (store, report) = SqliteStore::open(&args.path)?;
-    println!(
-        "open (quick_check + rollup load): {:.0} ms, {} records, file {:.0} MB",
-        ms(t.elapsed()),
-        report.records,
-        std::fs::metadata(&args.path).map_or(0, |m| m.len()) as f64 / 1e6
-    );
+    let (store, records, bytes) = open_store(&args)?;
+    match bytes {
+        Some(bytes) => println!(
+            "open (quick_check + rollup load): {:.0} ms, {records} records, file {:.0} MB",
+            ms(t.elapsed()),
+            bytes as f64 / 1e6
+        ),
+        None => println!(
+            "open (connect + migrations + count): {:.0} ms, {records} records",
+            ms(t.elapsed())
+        ),
+    }
     let session = match session_probe {
         Some(s) => s,
         None => store

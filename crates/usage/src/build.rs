@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::UsageTrackingConfig;
 use crate::error::UsageError;
 use crate::pricing::PriceTable;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::{MemoryStore, UsageStore, open_store};
 use crate::tracker::UsageTracker;
 
@@ -34,6 +35,22 @@ pub fn open_configured_store(path: &str) -> Result<(Arc<dyn UsageStore>, Vec<Str
     Ok((store, notes))
 }
 
+/// Opens the store the config names: PostgreSQL when `database_url` is
+/// set, else the `persistence_path` store ([`open_configured_store`]).
+pub fn open_store_for(
+    config: &UsageTrackingConfig,
+) -> Result<(Arc<dyn UsageStore>, Vec<String>), UsageError> {
+    match &config.database_url {
+        Some(url) => {
+            let mut options = PostgresOptions::new(url.0.clone(), &config.spill_path);
+            options.spill_max_bytes = config.spill_max_bytes;
+            let (store, _report) = PostgresStore::open(options)?;
+            Ok((Arc::new(store), Vec::new()))
+        }
+        None => open_configured_store(&config.persistence_path),
+    }
+}
+
 /// The price table: the bundled one or `prices_path`, with overrides.
 pub fn load_prices(config: &UsageTrackingConfig) -> Result<PriceTable, UsageError> {
     let table = match &config.prices_path {
@@ -50,7 +67,7 @@ pub fn load_prices(config: &UsageTrackingConfig) -> Result<PriceTable, UsageErro
 /// Opens the store, loads prices and starts the tracker. Returns notes about
 /// anything the caller should log as errors (e.g. a damaged file moved aside).
 pub fn start(config: &UsageTrackingConfig) -> Result<(UsageTracker, Vec<String>), UsageError> {
-    let (store, notes) = open_configured_store(&config.persistence_path)?;
+    let (store, notes) = open_store_for(config)?;
     let prices = Arc::new(load_prices(config)?);
     let tracker = UsageTracker::start(config, store, prices)?;
     Ok((tracker, notes))

@@ -14,7 +14,7 @@ use crate::pricing::ModelPrice;
 pub struct UsageTrackingConfig {
     /// Record usage at all.
     pub enabled: bool,
-    /// Store file: `.json` keeps the seed's single-document format; any other
+    /// Store file (unless `database_url` is set): `.json` keeps the seed's single-document format; any other
     /// name is a SQLite database; `:memory:` keeps records in memory only.
     pub persistence_path: String,
     /// Seconds between batched writes (at most this much is lost on a crash).
@@ -30,6 +30,28 @@ pub struct UsageTrackingConfig {
     /// Finished exchanges waiting for the record builder before new ones are
     /// dropped (and counted).
     pub queue_capacity: usize,
+    /// `postgres://user:password@host:port/db`: keep records in PostgreSQL
+    /// (shared by every proxy pointing at it) instead of `persistence_path`.
+    /// Secret: never logged.
+    pub database_url: Option<DatabaseUrl>,
+    /// The Postgres store's local spill journal: records the database could
+    /// not take (down or slow), replayed in order when it answers again.
+    /// One per proxy instance.
+    pub spill_path: String,
+    /// Bound of the spill journal in bytes; past it, batches stay in memory
+    /// (`max_records_in_memory`) and then are dropped, counted.
+    pub spill_max_bytes: u64,
+}
+
+/// A database URL whose password never shows in `Debug` output.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::postgres::redacted_url(&self.0))
+    }
 }
 
 impl Default for UsageTrackingConfig {
@@ -43,6 +65,9 @@ impl Default for UsageTrackingConfig {
             prices_path: None,
             price_overrides: BTreeMap::new(),
             queue_capacity: 65_536,
+            database_url: None,
+            spill_path: "./var/usage-spill.jsonl".into(),
+            spill_max_bytes: 1 << 30,
         }
     }
 }
@@ -76,6 +101,22 @@ impl UsageTrackingConfig {
                 "usage_tracking.queue_capacity",
                 "must be at least 1",
             ));
+        }
+        if let Some(url) = &self.database_url {
+            crate::store::postgres::check_url(&url.0)
+                .map_err(|e| ConfigError::new("usage_tracking.database_url", e))?;
+            if self.spill_path.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "usage_tracking.spill_path",
+                    "must not be empty",
+                ));
+            }
+            if self.spill_max_bytes < 1 << 20 {
+                return Err(ConfigError::new(
+                    "usage_tracking.spill_max_bytes",
+                    "must be at least 1048576 (1 MiB)",
+                ));
+            }
         }
         Ok(())
     }

@@ -29,6 +29,18 @@ pub enum UsageError {
         /// Newest version this binary knows.
         supported: i64,
     },
+    /// The usage database's schema is newer than this binary understands.
+    #[error(
+        "usage database {database} has schema version {found}, newer than this binary's {supported}; upgrade llm-proxy or point usage_tracking.database_url elsewhere"
+    )]
+    DatabaseSchemaTooNew {
+        /// The database (URL without password).
+        database: String,
+        /// Version found.
+        found: i64,
+        /// Newest version this binary knows.
+        supported: i64,
+    },
     /// A filesystem error.
     #[error("usage store {path}: {source}")]
     Io {

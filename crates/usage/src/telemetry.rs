@@ -19,3 +19,9 @@ pub const FLUSH_LAG_SECONDS: &str = "llm_proxy_usage_flush_lag_seconds";
 pub const STORE_ERRORS_TOTAL: &str = "llm_proxy_usage_store_errors_total";
 /// Records whose tokens were estimated because the builder fell behind.
 pub const ESTIMATED_TOTAL: &str = "llm_proxy_usage_estimated_records_total";
+/// Records in the Postgres store's spill journal, waiting for the database.
+pub const SPILL_RECORDS: &str = "llm_proxy_usage_spill_records";
+/// Bytes in the Postgres store's spill journal.
+pub const SPILL_BYTES: &str = "llm_proxy_usage_spill_bytes";
+/// Failed Postgres writes (each spilled its batch to the journal, or kept it for a retry).
+pub const DATABASE_WRITE_ERRORS_TOTAL: &str = "llm_proxy_usage_database_write_errors_total";

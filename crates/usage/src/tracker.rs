@@ -107,6 +107,12 @@ impl UsageTracker {
         })
     }
 
+    /// The store, for logs (`sqlite:/path`, `postgres://user@host:port/db`;
+    /// never a password).
+    pub fn store_description(&self) -> String {
+        self.shared.store.describe()
+    }
+
     /// The observer to register with the pipeline.
     pub fn collector(&self) -> Arc<UsageCollector> {
         self.collector.clone()

@@ -17,10 +17,14 @@ use crate::record::UsageRecord;
 pub mod conformance;
 pub mod json;
 pub mod memory;
+pub mod postgres;
+pub(crate) mod rollup;
+pub mod spill;
 pub mod sqlite;
 
 pub use json::JsonStore;
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// One page of `/v1/usage/recent`.

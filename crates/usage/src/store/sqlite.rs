@@ -44,17 +44,16 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Stateme
 use crate::aggregate::Aggregate;
 use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
-use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
+use crate::record::UsageRecord;
+use crate::store::rollup::{
+    DAY_US, HOUR_US, RECORD_COLUMNS, RollupKey, RollupKeyRef, SqlValue, decode_tool_names,
+    encode_tool_names, filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome,
+    parse_token_source, plan, rollups_can_answer,
+};
 use crate::store::{
     AggregateSet, OpenReport, RecentPage, UsageStore, ensure_parent_dir, move_aside,
 };
 use crate::time::hour_floor;
-
-const HOUR_US: i64 = 3_600_000_000;
-const DAY_US: i64 = 24 * HOUR_US;
-/// Bounds used to plan open-ended ranges without overflow (±36 000 years).
-const PLAN_MIN_US: i64 = -(1 << 60);
-const PLAN_MAX_US: i64 = 1 << 60;
 
 /// Schema migrations; version N is reached by applying the first N.
 const MIGRATIONS: &[&str] = &[
@@ -121,14 +120,6 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const RECORD_COLUMNS: &str = "id, timestamp, timestamp_us, session_id, turn_number, backend_type, \
-    backend, model, requested_model, frontend_type, streaming, verbatim_prompt_tokens, \
-    mutated_prompt_tokens, verbatim_completion_tokens, mutated_completion_tokens, prompt_tokens, \
-    completion_tokens, total_tokens, backend_reported_usage, token_source, cost_usd, cost_source, \
-    http_status_code, completion_outcome, incomplete_reason, tool_call_count, tool_names, ttft_ms, \
-    total_duration_ms, proxy_overhead_ms, completion_tokens_per_second, user_agent, proxy_user, \
-    call_purpose, replaced";
-
 fn db_err(e: rusqlite::Error) -> UsageError {
     UsageError::Database(e.to_string())
 }
@@ -150,11 +141,7 @@ fn insert_record(stmt: &mut Statement<'_>, r: &UsageRecord) -> Result<usize, Usa
         Some(u) => Some(serde_json::to_string(u).map_err(|e| UsageError::Encoding(e.to_string()))?),
         None => None,
     };
-    let tools = if r.tool_names.is_empty() {
-        "[]".to_owned()
-    } else {
-        serde_json::to_string(&r.tool_names).map_err(|e| UsageError::Encoding(e.to_string()))?
-    };
+    let tools = encode_tool_names(&r.tool_names)?;
     stmt.execute(params![
         r.id,
         r.timestamp,
@@ -199,7 +186,6 @@ fn read_record(row: &Row<'_>) -> Result<UsageRecord, UsageError> {
     fn u(v: Option<i64>) -> Option<u64> {
         v.map(|v| u64::try_from(v).unwrap_or(0))
     }
-    let bad = |what: &str, v: &str| UsageError::Encoding(format!("stored {what} {v:?} is unknown"));
     let token_source: String = row.get(19).map_err(db_err)?;
     let cost_source: String = row.get(21).map_err(db_err)?;
     let outcome: String = row.get(23).map_err(db_err)?;
@@ -229,33 +215,14 @@ fn read_record(row: &Row<'_>) -> Result<UsageRecord, UsageError> {
             Some(s) => Some(serde_json::from_str(&s).map_err(json)?),
             None => None,
         },
-        token_source: match token_source.as_str() {
-            "backend" => TokenSource::Backend,
-            "proxy" => TokenSource::Proxy,
-            "estimate" => TokenSource::Estimate,
-            other => return Err(bad("token_source", other)),
-        },
+        token_source: parse_token_source(&token_source)?,
         cost_usd: row.get(20).map_err(db_err)?,
-        cost_source: match cost_source.as_str() {
-            "backend" => CostSource::Backend,
-            "pricing_table" => CostSource::PricingTable,
-            "unknown" => CostSource::Unknown,
-            other => return Err(bad("cost_source", other)),
-        },
+        cost_source: parse_cost_source(&cost_source)?,
         http_status_code: row.get(22).map_err(db_err)?,
-        completion_outcome: match outcome.as_str() {
-            "completed" => CompletionOutcome::Completed,
-            "failed" => CompletionOutcome::Failed,
-            "incomplete" => CompletionOutcome::Incomplete,
-            other => return Err(bad("completion_outcome", other)),
-        },
+        completion_outcome: parse_outcome(&outcome)?,
         incomplete_reason: row.get(24).map_err(db_err)?,
         tool_call_count: row.get(25).map_err(db_err)?,
-        tool_names: if tools == "[]" {
-            Vec::new()
-        } else {
-            serde_json::from_str(&tools).map_err(json)?
-        },
+        tool_names: decode_tool_names(&tools)?,
         ttft_ms: row.get(27).map_err(db_err)?,
         total_duration_ms: row.get(28).map_err(db_err)?,
         proxy_overhead_ms: row.get(29).map_err(db_err)?,
@@ -270,52 +237,14 @@ fn read_record(row: &Row<'_>) -> Result<UsageRecord, UsageError> {
 /// `WHERE …` for `filter` (exactly `UsageFilter::matches`), optionally
 /// restricted to `timestamp_us` in `range` (inclusive).
 fn where_clause(filter: &UsageFilter, range: Option<(i64, i64)>) -> (String, Vec<Value>) {
-    let mut conds: Vec<String> = Vec::new();
-    let mut vals: Vec<Value> = Vec::new();
-    let mut text = |col: &str, v: &Option<String>, conds: &mut Vec<String>| {
-        if let Some(v) = v {
-            conds.push(format!("{col} = ?"));
-            vals.push(Value::Text(v.clone()));
-        }
-    };
-    text("backend_type", &filter.backend_type, &mut conds);
-    text("backend", &filter.backend, &mut conds);
-    text("model", &filter.model, &mut conds);
-    text("frontend_type", &filter.frontend_type, &mut conds);
-    text("session_id", &filter.session_id, &mut conds);
-    text("proxy_user", &filter.proxy_user, &mut conds);
-    text("user_agent", &filter.user_agent, &mut conds);
-    let mut int = |expr: String, v: i64| {
-        conds.push(expr);
-        vals.push(Value::Integer(v));
-    };
-    if let Some(s) = filter.http_status_code {
-        int("http_status_code = ?".into(), i64::from(s));
-    }
-    let (lo, hi) = match range {
-        Some((lo, hi)) => (
-            Some(filter.start_us.map_or(lo, |s| s.max(lo))),
-            Some(filter.end_us.map_or(hi, |e| e.min(hi))),
-        ),
-        None => (filter.start_us, filter.end_us),
-    };
-    if let Some(lo) = lo {
-        int("timestamp_us >= ?".into(), lo);
-    }
-    if let Some(hi) = hi {
-        int("timestamp_us <= ?".into(), hi);
-    }
-    // Euclidean remainders, as in `crate::time`.
-    let rem_day = format!("(((timestamp_us % {DAY_US}) + {DAY_US}) % {DAY_US})");
-    if let Some(h) = filter.hour_of_day {
-        int(format!("({rem_day} / {HOUR_US}) = ?"), i64::from(h));
-    }
-    if let Some(d) = filter.day_of_week {
-        int(
-            format!("(((((timestamp_us - {rem_day}) / {DAY_US}) + 3) % 7 + 7) % 7) = ?"),
-            i64::from(d),
-        );
-    }
+    let (conds, vals) = filter_conditions(filter, range);
+    let vals = vals
+        .into_iter()
+        .map(|v| match v {
+            SqlValue::Text(t) => Value::Text(t),
+            SqlValue::Int(i) => Value::Integer(i),
+        })
+        .collect();
     let sql = if conds.is_empty() {
         String::new()
     } else {
@@ -327,119 +256,6 @@ fn where_clause(filter: &UsageFilter, range: Option<(i64, i64)>) -> (String, Vec
 // ---------------------------------------------------------------------------
 // Rollups.
 // ---------------------------------------------------------------------------
-
-/// The rollup dimensions of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RollupKey {
-    backend_type: String,
-    backend: String,
-    model: String,
-    requested_model: String,
-    frontend_type: String,
-    http_status_code: u16,
-    proxy_user: Option<String>,
-    streaming: bool,
-}
-
-impl RollupKey {
-    fn of(r: &UsageRecord) -> RollupKey {
-        RollupKey {
-            backend_type: r.backend_type.clone(),
-            backend: r.backend.clone(),
-            model: r.model.clone(),
-            requested_model: r.requested_model.clone(),
-            frontend_type: r.frontend_type.clone(),
-            http_status_code: r.http_status_code,
-            proxy_user: r.proxy_user.clone(),
-            streaming: r.streaming,
-        }
-    }
-
-    /// Whether records of this key pass the non-time filters (the filter
-    /// must not involve `session_id` or `user_agent`).
-    fn matches(&self, f: &UsageFilter) -> bool {
-        fn eq(want: &Option<String>, have: &str) -> bool {
-            want.as_deref().is_none_or(|w| w == have)
-        }
-        eq(&f.backend_type, &self.backend_type)
-            && eq(&f.backend, &self.backend)
-            && eq(&f.model, &self.model)
-            && eq(&f.frontend_type, &self.frontend_type)
-            && f.http_status_code
-                .is_none_or(|s| s == self.http_status_code)
-            && f.proxy_user
-                .as_deref()
-                .is_none_or(|w| self.proxy_user.as_deref() == Some(w))
-    }
-
-    /// `GroupKey::value_of` for this key's records; `None` for the
-    /// non-rollup dimensions.
-    fn value(&self, k: GroupKey) -> Option<String> {
-        Some(match k {
-            GroupKey::BackendType => self.backend_type.clone(),
-            GroupKey::Backend => self.backend.clone(),
-            GroupKey::Model => self.model.clone(),
-            GroupKey::RequestedModel => self.requested_model.clone(),
-            GroupKey::FrontendType => self.frontend_type.clone(),
-            GroupKey::HttpStatusCode => self.http_status_code.to_string(),
-            GroupKey::ProxyUser => self.proxy_user.clone().unwrap_or_default(),
-            GroupKey::Streaming => self.streaming.to_string(),
-            GroupKey::SessionId | GroupKey::UserAgent => return None,
-        })
-    }
-}
-
-/// [`RollupKey`] borrowed from a record (grouping a batch without
-/// allocating per record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct RollupKeyRef<'a> {
-    backend_type: &'a str,
-    backend: &'a str,
-    model: &'a str,
-    requested_model: &'a str,
-    frontend_type: &'a str,
-    http_status_code: u16,
-    proxy_user: Option<&'a str>,
-    streaming: bool,
-}
-
-impl<'a> RollupKeyRef<'a> {
-    fn of(r: &'a UsageRecord) -> RollupKeyRef<'a> {
-        RollupKeyRef {
-            backend_type: &r.backend_type,
-            backend: &r.backend,
-            model: &r.model,
-            requested_model: &r.requested_model,
-            frontend_type: &r.frontend_type,
-            http_status_code: r.http_status_code,
-            proxy_user: r.proxy_user.as_deref(),
-            streaming: r.streaming,
-        }
-    }
-
-    fn to_key(self) -> RollupKey {
-        RollupKey {
-            backend_type: self.backend_type.to_owned(),
-            backend: self.backend.to_owned(),
-            model: self.model.to_owned(),
-            requested_model: self.requested_model.to_owned(),
-            frontend_type: self.frontend_type.to_owned(),
-            http_status_code: self.http_status_code,
-            proxy_user: self.proxy_user.map(str::to_owned),
-            streaming: self.streaming,
-        }
-    }
-}
-
-/// True when rollups can answer: no `session_id` / `user_agent` in the
-/// filter or the grouping.
-fn rollups_can_answer(f: &UsageFilter, group_by: &[GroupKey]) -> bool {
-    f.session_id.is_none()
-        && f.user_agent.is_none()
-        && !group_by
-            .iter()
-            .any(|k| matches!(k, GroupKey::SessionId | GroupKey::UserAgent))
-}
 
 /// The in-memory side of the rollups: keys, per-day and all-time
 /// aggregates per key.
@@ -494,87 +310,6 @@ impl Rollups {
         self.totals = totals;
         self.record_count = count;
     }
-}
-
-/// Whether the hour starting at `hour_us` passes the hour-of-day and
-/// day-of-week filters.
-fn hour_passes(f: &UsageFilter, hour_us: i64) -> bool {
-    f.hour_of_day
-        .is_none_or(|h| crate::time::hour_of_day(hour_us) == h)
-        && f.day_of_week
-            .is_none_or(|d| crate::time::day_of_week(hour_us) == d)
-}
-
-/// What a query reads, by source.
-#[derive(Debug, Default, PartialEq)]
-struct Plan {
-    /// All-time per-key aggregates.
-    totals: bool,
-    /// In-memory days `[from, to)`.
-    days: Option<(i64, i64)>,
-    /// Hourly rollup rows for hours in `[from, to)`.
-    hours: Vec<(i64, i64)>,
-    /// Raw rows with `timestamp_us` in `[from, to]` (inclusive).
-    raw: Vec<(i64, i64)>,
-}
-
-fn ceil_to(v: i64, unit: i64) -> i64 {
-    let r = v.rem_euclid(unit);
-    if r == 0 { v } else { v - r + unit }
-}
-
-fn floor_to(v: i64, unit: i64) -> i64 {
-    v - v.rem_euclid(unit)
-}
-
-/// Splits the time filter of `f` into sources (rollup-eligible filters only).
-fn plan(f: &UsageFilter) -> Plan {
-    if f.start_us.is_none()
-        && f.end_us.is_none()
-        && f.hour_of_day.is_none()
-        && f.day_of_week.is_none()
-    {
-        return Plan {
-            totals: true,
-            ..Plan::default()
-        };
-    }
-    let lo = f.start_us.unwrap_or(i64::MIN);
-    let hi = f.end_us.unwrap_or(i64::MAX);
-    let mut p = Plan::default();
-    if lo > hi {
-        return p;
-    }
-    // Whole hours [a, b).
-    let a = ceil_to(lo.max(PLAN_MIN_US), HOUR_US);
-    let b = floor_to(hi.min(PLAN_MAX_US).saturating_add(1), HOUR_US);
-    if a >= b {
-        p.raw.push((lo, hi));
-        return p;
-    }
-    if lo < a {
-        p.raw.push((lo, a - 1));
-    }
-    if b <= hi {
-        p.raw.push((b, hi));
-    }
-    if f.hour_of_day.is_some() {
-        p.hours.push((a, b));
-        return p;
-    }
-    let (da, db) = (ceil_to(a, DAY_US), floor_to(b, DAY_US));
-    if da < db {
-        p.days = Some((da, db));
-        if a < da {
-            p.hours.push((a, da));
-        }
-        if db < b {
-            p.hours.push((db, b));
-        }
-    } else {
-        p.hours.push((a, b));
-    }
-    p
 }
 
 // ---------------------------------------------------------------------------
@@ -1377,6 +1112,7 @@ impl UsageStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::conformance::{self, synthetic_records};
+    use crate::store::rollup::Plan;
 
     fn temp_store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
