@@ -90,6 +90,7 @@ done
 # Idle RSS: started, one request served, nothing running.
 sleep 1
 IDLE_RSS_KB=$(rss_kb "$ON_PID")
+IDLE_OFF_RSS_KB=$(rss_kb "$OFF_PID")
 
 RUNS=$BENCH_WORK/runs.jsonl
 : >"$RUNS"
@@ -164,32 +165,38 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-log "(e) memory: $HOLD_STREAMS concurrent streams through the proxy (tracking on)"
+log "(e) memory: $HOLD_STREAMS concurrent streams through a fresh proxy (tracking on)"
+# A fresh proxy: the one measured above keeps the heap the saturation runs grew.
+start_proxy "$CONFIG" USAGE_TRACKING_PERSISTENCE_PATH="$(store mem)" USAGE_TRACKING_FLUSH_INTERVAL_SECONDS=1
+MEM_URL=$PROXY_URL MEM_PID=$PROXY_PID
+curl -sf "$MEM_URL/v1/chat/completions" -d @"$BENCH_WORK/proxied.json" >/dev/null || die "$MEM_URL does not answer"
+sleep 1
+MEM_IDLE_KB=$(rss_kb "$MEM_PID")
 PEAK_FILE=$BENCH_WORK/rss-peak
 (
     peak=0
-    while kill -0 "$ON_PID" 2>/dev/null; do
-        v=$(rss_kb "$ON_PID")
+    while kill -0 "$MEM_PID" 2>/dev/null; do
+        v=$(rss_kb "$MEM_PID")
         ((v > peak)) && peak=$v && echo "$peak" >"$PEAK_FILE"
         sleep 0.2
     done
 ) &
 SAMPLER=$!
 _BENCH_PIDS+=("$SAMPLER")
-HOLD=$("$LOADGEN" --url "$ON_URL/v1/chat/completions" --body "$BENCH_WORK/slow-stream.json" \
+HOLD=$("$LOADGEN" --url "$MEM_URL/v1/chat/completions" --body "$BENCH_WORK/slow-stream.json" \
     --mode hold --connections "$HOLD_STREAMS")
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 STREAMS_RSS_KB=$(cat "$PEAK_FILE")
 sleep 2
-AFTER_RSS_KB=$(rss_kb "$ON_PID")
+AFTER_RSS_KB=$(rss_kb "$MEM_PID")
 log "idle RSS $((IDLE_RSS_KB / 1024)) MB, peak with $HOLD_STREAMS streams $((STREAMS_RSS_KB / 1024)) MB: $(jq -c '{requests, peak_in_flight, errors, non_2xx, events_per_response}' <<<"$HOLD")"
 
 # --- Result ---------------------------------------------------------------------
 EXPLAIN=$RESULTS_DIR/explanations.json
 [[ -f $EXPLAIN ]] || EXPLAIN=/dev/null
 META=$(bench_meta_json | jq --arg lg "loadgen (crates/testkit/examples/loadgen.rs)" '.tools.open_loop = $lg')
-RESULT=$(jq -s --argjson meta "$META" --argjson hold "$HOLD" --argjson idle "$IDLE_RSS_KB" \
+RESULT=$(jq -s --argjson meta "$META" --argjson hold "$HOLD" --argjson idle "$IDLE_RSS_KB" --argjson idle_off "$IDLE_OFF_RSS_KB" --argjson mem_idle "$MEM_IDLE_KB" \
     --argjson peak "$STREAMS_RSS_KB" --argjson after "$AFTER_RSS_KB" --argjson capture "$CAPTURE_NOTE" \
     --argjson rounds "$ROUNDS" --argjson rate "$RATE" --argjson rsecs "$RATE_SECONDS" \
     --argjson ssecs "$SAT_SECONDS" --slurpfile ex <(cat "$EXPLAIN" 2>/dev/null || echo '{}') '
@@ -208,10 +215,11 @@ RESULT=$(jq -s --argjson meta "$META" --argjson hold "$HOLD" --argjson idle "$ID
         non_2xx: (map(.load.non_2xx) | add), errors: (map(.load.errors // .load.socket_errors // 0) | add),
         seconds_with_cargo_running: (map(.seconds_with_cargo_running) | add)};
     # Added latency per round (proxied minus the direct run next to it), then the median.
-    def added($v; $k): [range(1; $rounds + 1) as $r |
+    def added($v; k): [range(1; $rounds + 1) as $r |
         ((side($v; "proxied") | map(select(.round == $r)) | .[0]) as $p |
          (side($v; "direct") | map(select(.round == $r)) | .[0]) as $d |
-         if $p == null or $d == null then null else ($p | $k) - ($d | $k) end)] | med;
+         if $p == null or $d == null or ($p | k) == null or ($d | k) == null then null
+         else ($p | k) - ($d | k) end)] | med;
     . as $runs |
     {rate: {direct: (side("rate"; "direct") | summary), proxied: (side("rate"; "proxied") | summary),
             added_p50_us: added("rate"; lat.p50), added_p99_us: added("rate"; lat.p99)},
@@ -221,7 +229,8 @@ RESULT=$(jq -s --argjson meta "$META" --argjson hold "$HOLD" --argjson idle "$ID
      tracking: (["json", "stream"] | map(. as $k | {key: $k, value: (
         {off: ($runs | side("tracking_" + $k; "off") | summary), on: ($runs | side("tracking_" + $k; "on") | summary),
          capture: ($runs | side("tracking_" + $k; "capture") | if length == 0 then null else summary end)})}) | from_entries),
-     memory: {idle_rss_mb: ($idle / 1024 | r1), streams: $hold.requests, peak_in_flight: $hold.peak_in_flight,
+     memory: {idle_rss_mb: ($idle / 1024 | r1), idle_rss_mb_tracking_off: ($idle_off / 1024 | r1),
+              idle_rss_mb_fresh_before_streams: ($mem_idle / 1024 | r1), streams: $hold.requests, peak_in_flight: $hold.peak_in_flight,
               stream_errors: $hold.errors, stream_non_2xx: $hold.non_2xx,
               events_per_stream: $hold.events_per_response,
               rss_mb_with_streams: ($peak / 1024 | r1), rss_mb_after_streams: ($after / 1024 | r1)}}
