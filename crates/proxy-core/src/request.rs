@@ -324,29 +324,31 @@ impl<'a> Iterator for ArrayElements<'a> {
             i += 1;
         }
         let start = i;
-        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        let mut depth = 0usize;
         while i < bytes.len() {
-            let b = bytes[i];
-            if in_string {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_string = false;
-                }
-            } else {
-                match b {
-                    b'"' => in_string = true,
-                    b'[' | b'{' => depth += 1,
-                    b']' | b'}' if depth == 0 => {
-                        self.done = true;
-                        break;
+            match bytes[i] {
+                b'"' => {
+                    // Jump through the string: only `\` and `"` matter in it.
+                    i += 1;
+                    while let Some(off) = bytes
+                        .get(i..)
+                        .and_then(|rest| rest.iter().position(|b| *b == b'"' || *b == b'\\'))
+                    {
+                        i += off;
+                        if bytes[i] == b'"' {
+                            break;
+                        }
+                        i += 2;
                     }
-                    b']' | b'}' => depth -= 1,
-                    b',' if depth == 0 => break,
-                    _ => {}
                 }
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' if depth == 0 => {
+                    self.done = true;
+                    break;
+                }
+                b']' | b'}' => depth -= 1,
+                b',' if depth == 0 => break,
+                _ => {}
             }
             i += 1;
         }

@@ -92,6 +92,42 @@ type HandleKey = (
     [Option<(&'static str, LabelValue)>; MAX_LABELS],
 );
 
+/// The FxHash step (rustc's hasher): a key is a few short strings, and
+/// SipHash over them cost more than the registration the cache saves.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        for b in chunks.remainder() {
+            self.add(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HandleMap<T> = HashMap<HandleKey, T, std::hash::BuildHasherDefault<KeyHasher>>;
+
 fn handle_key<const N: usize>(
     name: &'static str,
     labels: [(&'static str, LabelValue); N],
@@ -112,7 +148,7 @@ fn metric_labels(key: &HandleKey) -> Vec<Label> {
 }
 
 fn cached<T: Clone>(
-    cache: &RwLock<HashMap<HandleKey, T>>,
+    cache: &RwLock<HandleMap<T>>,
     key: HandleKey,
     register: impl FnOnce(&HandleKey) -> T,
 ) -> T {
@@ -131,9 +167,8 @@ fn cached<T: Clone>(
     handle
 }
 
-static COUNTERS: LazyLock<RwLock<HashMap<HandleKey, Counter>>> = LazyLock::new(Default::default);
-static HISTOGRAMS: LazyLock<RwLock<HashMap<HandleKey, Histogram>>> =
-    LazyLock::new(Default::default);
+static COUNTERS: LazyLock<RwLock<HandleMap<Counter>>> = LazyLock::new(Default::default);
+static HISTOGRAMS: LazyLock<RwLock<HandleMap<Histogram>>> = LazyLock::new(Default::default);
 
 /// The counter `name` with `labels` (at most 4), registered on first use only.
 pub fn counter<const N: usize>(
