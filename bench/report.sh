@@ -33,7 +33,7 @@ def pct: if . == null then "–" else ((. * 1000 | round / 10 | tostring) + " %"
 "| variant | side | req/s | p50 µs | p99 µs | p99.9 µs | TTFB p50 µs | TTFB p99 µs | proxy CPU µs/req | errors |",
 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 (["rate", "saturation", "stream"][] as $v | ["direct", "proxied"][] as $s | $f[$v][$s] |
-  "| \($v) | \($s) | \(.rps | int) | \(.p50_us | int) | \(.p99_us | int) | \(.p999_us | int) | \(.ttfb_p50_us | int) | \(.ttfb_p99_us | int) | \(.proxy_cpu_us_per_request | f1) | \(.errors + .non_2xx) |"),
+  "| \($v) | \($s) | \(.rps | int) | \(.p50_us | int) | \(.p99_us | int) | \(.p999_us | int) | \(.ttfb_p50_us | int) | \(.ttfb_p99_us | int) | \(.proxy_cpu_us_per_request | f1) | \((if (.errors | type) == "number" then .errors else 0 end) + .non_2xx) |"),
 "",
 "- rate: \($f.rate.direct.runs) × \(.setup.rate_seconds) s at \(.setup.rate_rps) req/s (open loop, latency from the intended send time); added p50 **\($f.rate.added_p50_us | int) µs**, p99 **\($f.rate.added_p99_us | int) µs**; proxied/direct p50 \($f.rate.ratio_p50_proxied_direct), p99 \($f.rate.ratio_p99_proxied_direct)",
 "- saturation: proxied/direct throughput **\($f.saturation.ratio_rps_proxied_direct)** (64 connections, wrk; proxy, mock and wrk share the machine)",

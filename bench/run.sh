@@ -212,7 +212,7 @@ RESULT=$(jq -s --argjson meta "$META" --argjson hold "$HOLD" --argjson idle "$ID
         events_per_response: (map(.load.events_per_response) | med),
         send_lag_p99_us: (map(.load.send_lag_us.p99) | med),
         proxy_cpu_us_per_request: (map(.proxy_cpu_us_per_request) | med | r1),
-        non_2xx: (map(.load.non_2xx) | add), errors: (map(.load.errors // .load.socket_errors // 0) | add),
+        non_2xx: (map(.load.non_2xx) | add), errors: (map(if (.load.errors | type) == "number" then .load.errors else (.load.socket_errors // 0) end) | add),
         seconds_with_cargo_running: (map(.seconds_with_cargo_running) | add)};
     # Added latency per round (proxied minus the direct run next to it), then the median.
     def added($v; k): [range(1; $rounds + 1) as $r |
