@@ -290,8 +290,8 @@ impl<'de> serde::Deserialize<'de> for TopFields<'de> {
 }
 
 /// The elements of a JSON array, as raw text without surrounding blanks,
-/// split lazily. Only for text already checked to be valid JSON: it tracks
-/// nesting and strings, nothing else.
+/// split lazily: reading stops with the last element asked for. For text
+/// already checked to be valid JSON.
 struct ArrayElements<'a> {
     text: &'a str,
     at: usize,
@@ -318,46 +318,27 @@ impl<'a> Iterator for ArrayElements<'a> {
         if self.done {
             return None;
         }
-        let bytes = self.text.as_bytes();
-        let mut i = self.at;
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let start = i;
-        let mut depth = 0usize;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'"' => {
-                    // Jump through the string: only `\` and `"` matter in it.
-                    i += 1;
-                    while let Some(off) = bytes
-                        .get(i..)
-                        .and_then(|rest| rest.iter().position(|b| *b == b'"' || *b == b'\\'))
-                    {
-                        i += off;
-                        if bytes[i] == b'"' {
-                            break;
-                        }
-                        i += 2;
-                    }
-                }
-                b'[' | b'{' => depth += 1,
-                b']' | b'}' if depth == 0 => {
-                    self.done = true;
-                    break;
-                }
-                b']' | b'}' => depth -= 1,
-                b',' if depth == 0 => break,
-                _ => {}
-            }
-            i += 1;
-        }
-        if i >= bytes.len() {
+        let rest = self.text.get(self.at..)?;
+        let element = rest.trim_start();
+        if element.starts_with(']') {
             self.done = true;
+            return None;
         }
-        self.at = i + 1;
-        let element = self.text.get(start..i)?.trim_end();
-        (!element.is_empty()).then_some(element)
+        // serde_json skips one value (strings a word at a time) and stops
+        // there: no check for what follows, so the rest is never read.
+        let mut de = serde_json::Deserializer::from_str(element);
+        let Ok(raw) = <&RawValue as serde::Deserialize>::deserialize(&mut de) else {
+            self.done = true;
+            return None;
+        };
+        let raw = raw.get();
+        let end = raw.as_ptr() as usize - self.text.as_ptr() as usize + raw.len();
+        let after = self.text.get(end..).unwrap_or("").trim_start();
+        match after.strip_prefix(',') {
+            Some(next) => self.at = self.text.len() - next.len(),
+            None => self.done = true,
+        }
+        Some(raw)
     }
 }
 
