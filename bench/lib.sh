@@ -4,7 +4,8 @@
 #   source "$(dirname "$0")/lib.sh"
 #
 # What it gives a benchmark script:
-#   build_release                      release binaries + examples, once (BENCH_SKIP_BUILD=1 skips)
+#   build_release                      release binaries + examples (incl. loadgen → LOADGEN_BIN), once
+#                                      (BENCH_SKIP_BUILD=1 skips)
 #   ensure_load_tool                   wrk (apt-get), else hey; sets LOAD_TOOL
 #   wait_for_quiet                     waits while cargo/rustc run (other builds skew the numbers)
 #   noise_watch_start/noise_watch_stop seconds during which cargo/rustc ran in between
@@ -39,6 +40,7 @@ RELEASE_DIR=$TARGET_DIR/release
 PROXY_BIN=$RELEASE_DIR/llm-proxy
 MOCK_BIN=$RELEASE_DIR/mock-llm
 STATS_BENCH_BIN=$RELEASE_DIR/examples/stats_bench
+LOADGEN_BIN=$RELEASE_DIR/examples/loadgen
 BENCH_STOP_TIMEOUT=${BENCH_STOP_TIMEOUT:-60}
 BENCH_START_TIMEOUT=${BENCH_START_TIMEOUT:-300}
 BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/llm-proxy-bench.XXXXXX")
@@ -129,19 +131,20 @@ build_release() {
     else
         log "building release binaries (cargo build --release)"
         (cd "$REPO_ROOT" && cargo build --release -p llm-proxy -p mock-llm -p llm-proxy-usage \
-            --bins --examples) >&2
+            -p llm-proxy-testkit --bins --examples) >&2
     fi
     local b
-    for b in "$PROXY_BIN" "$MOCK_BIN" "$STATS_BENCH_BIN"; do
+    for b in "$PROXY_BIN" "$MOCK_BIN" "$STATS_BENCH_BIN" "$LOADGEN_BIN"; do
         [[ -x $b ]] || die "missing $b (build failed?)"
     done
     # Snapshot: other builds on this machine may replace target/release/*
     # while a benchmark runs; every run of one session uses the same binaries.
     mkdir -p "$BENCH_WORK/bin"
-    cp "$PROXY_BIN" "$MOCK_BIN" "$STATS_BENCH_BIN" "$BENCH_WORK/bin/"
+    cp "$PROXY_BIN" "$MOCK_BIN" "$STATS_BENCH_BIN" "$LOADGEN_BIN" "$BENCH_WORK/bin/"
     PROXY_BIN=$BENCH_WORK/bin/llm-proxy
     MOCK_BIN=$BENCH_WORK/bin/mock-llm
     STATS_BENCH_BIN=$BENCH_WORK/bin/stats_bench
+    LOADGEN_BIN=$BENCH_WORK/bin/loadgen
 }
 
 _apt_install() {

@@ -47,6 +47,9 @@ async fn main() -> std::io::Result<()> {
             inter_chunk_delay: Duration::from_millis(args.inter_chunk_delay_ms),
             chunk_count: args.chunks.and_then(|n| usize::try_from(n).ok()),
         },
+        // Nothing can read the history of a standalone server, and under load
+        // it would grow memory by every request: keep none.
+        no_history: true,
     };
     let server = MockUpstream::start_on(addr, config).await?;
     announce(&args.host, server.addr().port());

@@ -68,14 +68,20 @@ pub(crate) async fn dispatch(
     let route = route_label(&path, frontend);
     let response = route_request(&state, request, remote, frontend, received, received_at).await;
     let status = response.status().as_u16();
-    metrics::counter!(
+    // Cached handles: registered once per label set, not per request.
+    telemetry::counter(
         telemetry::HTTP_REQUESTS_TOTAL,
-        "route" => route,
-        "status_class" => telemetry::status_class(status),
+        [
+            ("route", route.into()),
+            ("status_class", telemetry::status_class(status).into()),
+        ],
     )
     .increment(1);
-    metrics::histogram!(telemetry::HTTP_RESPONSE_HEAD_SECONDS, "route" => route)
-        .record(received.elapsed().as_secs_f64());
+    telemetry::histogram(
+        telemetry::HTTP_RESPONSE_HEAD_SECONDS,
+        [("route", route.into())],
+    )
+    .record(received.elapsed().as_secs_f64());
     Ok(response)
 }
 

@@ -353,7 +353,15 @@ impl Pipeline {
                         500..=599 => "status_5xx",
                         _ => "ok",
                     };
-                    metrics::counter!(telemetry::UPSTREAM_ATTEMPTS_TOTAL, "backend" => target.backend.to_string(), "result" => result).increment(1);
+                    // A cached handle (see telemetry): registered once, not per request.
+                    telemetry::counter(
+                        telemetry::UPSTREAM_ATTEMPTS_TOTAL,
+                        [
+                            ("backend", (&target.backend).into()),
+                            ("result", result.into()),
+                        ],
+                    )
+                    .increment(1);
                     if retryable && has_next {
                         let retry_after = retry_after(&response.headers);
                         self.drain_failed(&ctx, &attempt, response).await;

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,10 @@ type ResponseBody = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct MockUpstreamConfig {
     /// Server-wide defaults, overridden per request by model suffixes and `x-mock-*` headers.
     pub defaults: MockOptions,
+    /// Keep no history: [`MockUpstream::requests`], [`MockUpstream::probe_requests`]
+    /// and [`MockUpstream::sent_event_times`] stay empty. For load benchmarks,
+    /// where a history of every request would grow memory without bound.
+    pub no_history: bool,
 }
 
 /// One request the mock upstream received.
@@ -68,6 +72,10 @@ pub(crate) struct Shared {
     probes: Mutex<Vec<RecordedRequest>>,
     sent_events: Mutex<Vec<(usize, usize, Instant)>>,
     connections: AtomicU64,
+    /// `MockUpstreamConfig::no_history`.
+    no_history: bool,
+    /// Requests numbered so far when no history is kept.
+    numbered: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,7 +84,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn record_sent_event(&self, request: usize, event: usize, at: Instant) {
-        lock(&self.sent_events).push((request, event, at));
+        if !self.no_history {
+            lock(&self.sent_events).push((request, event, at));
+        }
+    }
+
+    fn record_probe(&self, request: RecordedRequest) {
+        lock(&self.probes).push(request);
     }
 
     fn record_request(&self, request: RecordedRequest) -> usize {
@@ -122,6 +136,8 @@ impl MockUpstream {
             probes: Mutex::new(Vec::new()),
             sent_events: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
+            no_history: config.no_history,
+            numbered: AtomicUsize::new(0),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
@@ -240,7 +256,8 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Res
         }
     };
     let path = parts.uri.path().to_owned();
-    let recorded = RecordedRequest {
+    // Built only when a history is kept: a benchmark's mock skips the copies.
+    let recorded = || RecordedRequest {
         method: parts.method.to_string(),
         path: path.clone(),
         headers: parts
@@ -256,16 +273,22 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Res
         body: body.clone(),
         received_at: Instant::now(),
     };
-    let method = parts.method;
+    let method = parts.method.clone();
     if is_probe(&method, &path) {
-        lock(&shared.probes).push(recorded);
+        if !shared.no_history {
+            shared.record_probe(recorded());
+        }
         return if method == Method::HEAD {
             empty_response(200)
         } else {
             json_response(200, Bytes::from_static(br#"{"status":"ok"}"#))
         };
     }
-    let index = shared.record_request(recorded);
+    let index = if shared.no_history {
+        shared.numbered.fetch_add(1, Ordering::Relaxed)
+    } else {
+        shared.record_request(recorded())
+    };
     if let Some(frontend) = Frontend::from_path(&path) {
         if method == Method::POST {
             return llm(frontend, &parts.headers, &body, index, shared).await;

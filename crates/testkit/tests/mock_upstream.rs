@@ -351,6 +351,7 @@ async fn events_are_flushed_one_by_one_with_inter_chunk_delay() {
             chunk_count: Some(3),
             ..MockOptions::default()
         },
+        ..MockUpstreamConfig::default()
     })
     .await
     .unwrap();
@@ -479,4 +480,25 @@ async fn shutdown_closes_the_port() {
     mock.shutdown().await;
     let error = tokio::net::TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn no_history_answers_and_keeps_nothing() {
+    let mock = MockUpstream::start(MockUpstreamConfig {
+        no_history: true,
+        ..MockUpstreamConfig::default()
+    })
+    .await
+    .unwrap();
+    let (status, _, body) = post(&mock, "/v1/chat/completions", &[], chat("m", false)).await;
+    assert_eq!(status, 200);
+    assert!(
+        serde_json::from_slice::<Value>(&body).unwrap()["usage"]["total_tokens"].as_u64() > Some(0)
+    );
+    let (status, _, body) = post(&mock, "/v1/chat/completions", &[], chat("m", true)).await;
+    assert_eq!(status, 200);
+    assert!(sse_events(std::str::from_utf8(&body).unwrap()).len() > 2);
+    assert!(mock.requests().is_empty());
+    assert!(mock.sent_event_times().is_empty());
+    mock.shutdown().await;
 }

@@ -152,7 +152,13 @@ impl ExchangeObserver for UsageCollector {
         chunk: &Bytes,
         _: Instant,
     ) {
-        self.with_partial(ex, |p| p.backend_response.push(chunk.clone()));
+        // A copy, not a clone: a chunk from hyper is a slice of the buffer it
+        // was read into, and holding the slice until the exchange ends keeps
+        // that whole buffer alive. (2,000 open streams: 93 MB RSS with
+        // tracking off, 400 MB with it on, of which ~100 MB are tokenizer
+        // tables; measured before this change.)
+        let copy = Bytes::copy_from_slice(chunk);
+        self.with_partial(ex, |p| p.backend_response.push(copy));
     }
 
     fn on_client_response_head(
@@ -167,7 +173,14 @@ impl ExchangeObserver for UsageCollector {
     }
 
     fn on_client_response_chunk(&self, ex: &ExchangeContext, chunk: &Bytes, _: Instant) {
-        self.with_partial(ex, |p| p.client_response.push(chunk.clone()));
+        self.with_partial(ex, |p| {
+            // Usually the very chunk just received from the backend: share its copy.
+            let copy = match p.backend_response.last() {
+                Some(last) if last.as_ref() == chunk.as_ref() => last.clone(),
+                _ => Bytes::copy_from_slice(chunk),
+            };
+            p.client_response.push(copy);
+        });
     }
 
     fn on_exchange_end(&self, ex: &ExchangeContext, outcome: &ExchangeOutcome) {

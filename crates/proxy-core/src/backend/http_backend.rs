@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::{BackendConfig, BackendType, Timeouts, UpstreamConfig};
 use crate::error::{ConfigError, UpstreamError, UpstreamErrorKind};
+use crate::protocol::Frontend;
 
 /// A pooled HTTP/1.1 + HTTP/2 client for one backend instance.
 pub struct HttpBackend {
@@ -27,6 +28,19 @@ pub struct HttpBackend {
     extra_headers: Vec<(HeaderName, HeaderValue)>,
     timeouts: Timeouts,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The upstream URI per protocol without a query, parsed once: formatting
+    /// and parsing it per request cost ~2 % of the request path (callgrind).
+    /// A `Uri` clone only bumps reference counts.
+    uris: [Option<Uri>; 3],
+}
+
+/// Index of a protocol in [`HttpBackend::uris`].
+fn uri_slot(frontend: Frontend) -> usize {
+    match frontend {
+        Frontend::OpenAiChat => 0,
+        Frontend::AnthropicMessages => 1,
+        Frontend::OpenAiResponses => 2,
+    }
 }
 
 impl HttpBackend {
@@ -83,7 +97,14 @@ impl HttpBackend {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(tls);
+        let uris = [
+            Frontend::OpenAiChat,
+            Frontend::AnthropicMessages,
+            Frontend::OpenAiResponses,
+        ]
+        .map(|f| format!("{base}{}", f.upstream_path()).parse().ok());
         Ok(HttpBackend {
+            uris,
             name: Arc::from(name),
             backend_type: config.backend_type,
             base,
@@ -134,6 +155,11 @@ impl Backend for HttpBackend {
     }
 
     fn uri_for(&self, request: &BackendRequest) -> Uri {
+        if request.query.is_none()
+            && let Some(uri) = &self.uris[uri_slot(request.frontend)]
+        {
+            return uri.clone();
+        }
         let mut url = format!("{}{}", self.base, request.frontend.upstream_path());
         if let Some(q) = &request.query {
             url.push('?');
