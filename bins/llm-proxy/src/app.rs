@@ -12,6 +12,7 @@ use llm_proxy_health::{
 };
 use llm_proxy_usage::routes::UsageRoutes;
 use llm_proxy_usage::tracker::UsageTracker;
+use llm_proxy_wire_capture::CaptureHandle;
 
 use crate::settings::{AppConfig, SettingsError};
 
@@ -34,6 +35,9 @@ pub enum AppError {
     /// Health monitoring could not start (e.g. an `api_url` does not parse).
     #[error("health check: {0}")]
     Health(#[from] llm_proxy_health::HealthError),
+    /// The wire capture writer thread could not start.
+    #[error("wire capture: {0}")]
+    Capture(std::io::Error),
 }
 
 /// A built proxy, bound to its address, not yet serving.
@@ -43,6 +47,7 @@ pub struct App {
     addr: SocketAddr,
     usage: Option<UsageTracker>,
     health: HealthTasks,
+    capture: Option<CaptureHandle>,
 }
 
 impl App {
@@ -68,6 +73,10 @@ impl App {
         } else {
             None
         };
+        let capture = start_capture(&config)?;
+        if let Some(c) = &capture {
+            observers.push(c.observer());
+        }
         let usage_routes = Arc::new(match &usage {
             Some(t) => UsageRoutes::new(t.queries()),
             None => UsageRoutes::disabled(),
@@ -99,6 +108,7 @@ impl App {
             addr,
             usage,
             health: health_tasks,
+            capture,
         })
     }
 
@@ -118,6 +128,7 @@ impl App {
             server,
             usage,
             health,
+            capture,
             ..
         } = self;
         let stop_health = health.stopper();
@@ -135,18 +146,44 @@ impl App {
                 Err(e) => tracing::error!(error = %e, "usage flush on shutdown panicked"),
             }
         }
+        if let Some(capture) = capture {
+            match tokio::task::spawn_blocking(move || capture.shutdown()).await {
+                Ok(stats) => tracing::info!(
+                    entries = stats.written,
+                    dropped = stats.dropped,
+                    enabled = stats.enabled,
+                    "wire capture flushed"
+                ),
+                Err(e) => tracing::error!(error = %e, "wire capture flush on shutdown panicked"),
+            }
+        }
         served?;
         Ok(())
     }
 }
 
+/// Starts wire capture when enabled, redacting every configured key.
+fn start_capture(config: &AppConfig) -> Result<Option<CaptureHandle>, AppError> {
+    if !config.wire_capture.enabled {
+        llm_proxy_wire_capture::telemetry::report_off();
+        return Ok(None);
+    }
+    let secrets = config
+        .backends
+        .values()
+        .filter_map(|b| b.api_key.as_ref())
+        .chain(config.auth.api_keys.iter())
+        .map(|k| k.expose().to_owned());
+    let handle = llm_proxy_wire_capture::writer::start(&config.wire_capture, secrets)
+        .map_err(AppError::Capture)?;
+    tracing::info!(dir = %config.wire_capture.output_dir, "wire capture on");
+    Ok(Some(handle))
+}
+
 /// Subsystems whose configuration loads but which this build does not run yet:
 /// say so once at start-up rather than pretend.
 fn report_pending_subsystems(config: &AppConfig) {
-    let pending = [
-        ("wire_capture", config.wire_capture.enabled),
-        ("replacement", config.replacement.enabled),
-    ];
+    let pending = [("replacement", config.replacement.enabled)];
     for (section, enabled) in pending {
         if enabled {
             tracing::info!(
