@@ -12,8 +12,10 @@
 pub mod config;
 pub mod files;
 pub mod format;
+pub mod inspect;
 pub mod reader;
 pub mod redact;
+pub mod replay;
 pub mod telemetry;
 pub mod writer;
 
