@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
@@ -158,12 +158,12 @@ pub struct Issue {
 
 /// `2026-11-28T03:04:05.678Z` for epoch seconds.
 pub fn format_ts(ts: f64) -> String {
-    let t = if ts.is_finite() && ts > 0.0 {
-        UNIX_EPOCH + Duration::from_secs_f64(ts)
+    let us = if ts.is_finite() && ts > 0.0 {
+        (ts * 1e6).round() as i64
     } else {
-        UNIX_EPOCH
+        0
     };
-    llm_proxy_core::time::rfc3339(t)
+    llm_proxy_core::time::format_rfc3339_us(us)
 }
 
 fn by_request(entries: &[Entry]) -> BTreeMap<&str, Vec<&Entry>> {
@@ -1021,20 +1021,8 @@ pub fn inspect_paths(
     Ok(report(&loaded, opts))
 }
 
-/// Whether `path` looks like a capture file or directory.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
-}
-
 impl std::fmt::Display for Issue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "[{}] rid={}: {}", self.kind, self.rid, self.detail)
     }
-}
-
-/// Epoch seconds of `t`.
-pub fn epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
