@@ -176,3 +176,93 @@ mod tests {
         assert!(c.damage.is_some());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::format::{Direction, Meta, MetaValue, encode_entry, encode_header};
+
+    fn file(entries: &[(f64, u8, Vec<u8>, String)]) -> (Vec<u8>, Vec<Entry>) {
+        let mut out = Vec::new();
+        encode_header(
+            &FileHeader {
+                created_at: 1.0,
+                session_id: "s".into(),
+                metadata: Meta::default(),
+            },
+            &mut out,
+        )
+        .unwrap();
+        let mut written = Vec::new();
+        for (n, (ts, dir, data, rid)) in entries.iter().enumerate() {
+            let mut meta = Meta::default();
+            meta.set("rid", MetaValue::Text(rid.clone()));
+            meta.set("ci", MetaValue::Int(n as i64));
+            let e = Entry {
+                ts: *ts,
+                dir: Direction::ALL[usize::from(*dir % 4)],
+                seq: n as u64,
+                data: data.clone(),
+                meta,
+            };
+            encode_entry(&e, &mut out).unwrap();
+            written.push(e);
+        }
+        (out, written)
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<(f64, u8, Vec<u8>, String)>> {
+        prop::collection::vec(
+            (
+                0.0f64..2e9,
+                any::<u8>(),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..400),
+                    "[a-z ]{0,600}".prop_map(String::into_bytes),
+                ],
+                "[a-z0-9-]{0,12}",
+            ),
+            0..12,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn whatever_is_written_reads_back(list in entries()) {
+            let (bytes, written) = file(&list);
+            let c = read_bytes(&bytes).unwrap();
+            prop_assert!(c.damage.is_none());
+            prop_assert_eq!(c.entries, written);
+        }
+
+        #[test]
+        fn any_prefix_reads_up_to_the_damage(list in entries(), cut in any::<prop::sample::Index>()) {
+            let (bytes, written) = file(&list);
+            let at = cut.index(bytes.len() + 1);
+            if let Ok(c) = read_bytes(&bytes[..at]) {
+                prop_assert!(c.entries.len() <= written.len());
+                prop_assert_eq!(&c.entries[..], &written[..c.entries.len()]);
+                if c.entries.len() < written.len() {
+                    prop_assert!(c.damage.is_some() || at < bytes.len());
+                }
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(junk in prop::collection::vec(any::<u8>(), 0..2000), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), list in entries()) {
+            let _ = read_bytes(&junk);
+            let (mut bytes, _) = file(&list);
+            for (i, b) in flips {
+                let i = i.index(bytes.len());
+                bytes[i] ^= b;
+            }
+            let _ = read_bytes(&bytes);
+            let _ = crate::inspect::detect_issues(
+                &read_bytes(&bytes).map(|c| c.entries).unwrap_or_default(),
+                std::time::Duration::from_secs(1),
+            );
+        }
+    }
+}
