@@ -166,7 +166,8 @@ pub fn format_ts(ts: f64) -> String {
     llm_proxy_core::time::format_rfc3339_us(us)
 }
 
-fn by_request(entries: &[Entry]) -> BTreeMap<&str, Vec<&Entry>> {
+/// Entries grouped by request id, each group in writer order.
+pub(crate) fn by_request(entries: &[Entry]) -> BTreeMap<&str, Vec<&Entry>> {
     let mut map: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
     for e in entries {
         map.entry(e.rid()).or_default().push(e);

@@ -3,7 +3,6 @@
 //! captured backend request with its captured response at its original
 //! chunk timing ([`serve_backend`]).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::format::{Direction, Entry};
+use crate::inspect::by_request;
 use crate::redact::REDACTED;
 
 /// Why a replay could not run.
@@ -145,17 +145,6 @@ fn captured_response(es: &[&Entry], dir: Direction, req_ts: f64) -> Option<Captu
         chunks,
         stream,
     })
-}
-
-fn by_request(entries: &[Entry]) -> BTreeMap<&str, Vec<&Entry>> {
-    let mut map: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
-    for e in entries {
-        map.entry(e.rid()).or_default().push(e);
-    }
-    for v in map.values_mut() {
-        v.sort_by_key(|e| e.seq);
-    }
-    map
 }
 
 /// A captured backend exchange the fake backend can answer.

@@ -260,6 +260,21 @@ struct ResponseLeg {
     first_at: Option<Instant>,
 }
 
+impl ResponseLeg {
+    fn new(head: Vec<u8>, status: StatusCode, sse: bool, at: Instant) -> ResponseLeg {
+        ResponseLeg {
+            head,
+            status: status.as_u16(),
+            sse,
+            head_at: at,
+            body: Vec::new(),
+            chunks: 0,
+            bytes: 0,
+            first_at: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ExchangeState {
     /// Wall clock of `ctx.started`, epoch seconds.
@@ -561,16 +576,7 @@ impl ExchangeObserver for CaptureWriter {
         let head = self.status_head(status, headers);
         let sse = is_sse(headers);
         self.with_state(ex, |s| {
-            let leg = ResponseLeg {
-                head,
-                status: status.as_u16(),
-                sse,
-                head_at: at,
-                body: Vec::new(),
-                chunks: 0,
-                bytes: 0,
-                first_at: None,
-            };
+            let leg = ResponseLeg::new(head, status, sse, at);
             let ttfb = at.saturating_duration_since(s.backend_sent.unwrap_or(ex.started));
             self.push_head(
                 ts_of(s, ex, at),
@@ -657,16 +663,7 @@ impl ExchangeObserver for CaptureWriter {
         let head = self.status_head(status, headers);
         let sse = is_sse(headers);
         self.with_state(ex, |s| {
-            let leg = ResponseLeg {
-                head,
-                status: status.as_u16(),
-                sse,
-                head_at: at,
-                body: Vec::new(),
-                chunks: 0,
-                bytes: 0,
-                first_at: None,
-            };
+            let leg = ResponseLeg::new(head, status, sse, at);
             self.push_head(
                 ts_of(s, ex, at),
                 Direction::ProxyToClient,
