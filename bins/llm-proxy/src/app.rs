@@ -13,6 +13,7 @@ use llm_proxy_health::{
 use llm_proxy_replacement::{ModelReplacer, ReplacementRoutes};
 use llm_proxy_usage::routes::UsageRoutes;
 use llm_proxy_usage::tracker::UsageTracker;
+use llm_proxy_wire_capture::CaptureHandle;
 
 use crate::settings::{AppConfig, SettingsError};
 
@@ -35,6 +36,9 @@ pub enum AppError {
     /// Health monitoring could not start (e.g. an `api_url` does not parse).
     #[error("health check: {0}")]
     Health(#[from] llm_proxy_health::HealthError),
+    /// The wire capture writer thread could not start.
+    #[error("wire capture: {0}")]
+    Capture(std::io::Error),
 }
 
 /// A built proxy, bound to its address, not yet serving.
@@ -44,6 +48,7 @@ pub struct App {
     addr: SocketAddr,
     usage: Option<UsageTracker>,
     health: HealthTasks,
+    capture: Option<CaptureHandle>,
 }
 
 impl App {
@@ -52,7 +57,6 @@ impl App {
         config.validate()?;
         let routing = config.routing()?;
         let server_config = config.server()?;
-        report_pending_subsystems(&config);
         let mut observers: Vec<Arc<dyn ExchangeObserver>> = Vec::new();
         let mut services = Services {
             metrics,
@@ -69,6 +73,10 @@ impl App {
         } else {
             None
         };
+        let capture = start_capture(&config)?;
+        if let Some(c) = &capture {
+            observers.push(c.observer());
+        }
         let usage_routes = Arc::new(match &usage {
             Some(t) => UsageRoutes::new(t.queries()),
             None => UsageRoutes::disabled(),
@@ -116,6 +124,7 @@ impl App {
             addr,
             usage,
             health: health_tasks,
+            capture,
         })
     }
 
@@ -135,6 +144,7 @@ impl App {
             server,
             usage,
             health,
+            capture,
             ..
         } = self;
         let stop_health = health.stopper();
@@ -152,23 +162,38 @@ impl App {
                 Err(e) => tracing::error!(error = %e, "usage flush on shutdown panicked"),
             }
         }
+        if let Some(capture) = capture {
+            match tokio::task::spawn_blocking(move || capture.shutdown()).await {
+                Ok(stats) => tracing::info!(
+                    entries = stats.written,
+                    dropped = stats.dropped,
+                    enabled = stats.enabled,
+                    "wire capture flushed"
+                ),
+                Err(e) => tracing::error!(error = %e, "wire capture flush on shutdown panicked"),
+            }
+        }
         served?;
         Ok(())
     }
 }
 
-/// Subsystems whose configuration loads but which this build does not run yet:
-/// say so once at start-up rather than pretend.
-fn report_pending_subsystems(config: &AppConfig) {
-    let pending = [("wire_capture", config.wire_capture.enabled)];
-    for (section, enabled) in pending {
-        if enabled {
-            tracing::info!(
-                section,
-                "configuration accepted; this subsystem is not part of this build yet"
-            );
-        }
+/// Starts wire capture when enabled, redacting every configured key.
+fn start_capture(config: &AppConfig) -> Result<Option<CaptureHandle>, AppError> {
+    if !config.wire_capture.enabled {
+        llm_proxy_wire_capture::telemetry::report_off();
+        return Ok(None);
     }
+    let secrets = config
+        .backends
+        .values()
+        .filter_map(|b| b.api_key.as_ref())
+        .chain(config.auth.api_keys.iter())
+        .map(|k| k.expose().to_owned());
+    let handle = llm_proxy_wire_capture::writer::start(&config.wire_capture, secrets)
+        .map_err(AppError::Capture)?;
+    tracing::info!(dir = %config.wire_capture.output_dir, "wire capture on");
+    Ok(Some(handle))
 }
 
 /// Tells each backend when the health checks find its endpoint down or back.

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod settings;
+pub mod tools;
 
 pub use app::{App, AppError};
 pub use settings::{AppConfig, SettingsError};

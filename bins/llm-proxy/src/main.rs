@@ -4,12 +4,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use llm_proxy::cli::Cli;
+use llm_proxy::cli::{Cli, Command};
 use llm_proxy::{App, settings};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = Cli::parse().serve_args();
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Inspect(args)) => return llm_proxy::tools::inspect(args),
+        Some(Command::Replay(args)) => return llm_proxy::tools::replay(args),
+        _ => {}
+    }
+    let args = cli.serve_args();
     let filter = args
         .log_level
         .clone()

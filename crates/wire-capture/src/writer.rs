@@ -1,0 +1,750 @@
+//! The request-path half of capture: an [`ExchangeObserver`] that renders
+//! heads (credentials redacted), keeps cheap `Bytes` clones of bodies and
+//! pushes entries into a bounded queue. A dedicated thread owns the files.
+//! A full queue drops and counts; nothing on the request path touches disk.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use llm_proxy_core::{
+    AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ExchangeOutcome, UpstreamError,
+};
+
+use crate::config::WireCaptureConfig;
+use crate::files::RotatingFiles;
+use crate::format::{Direction, Entry, Meta, MetaValue};
+use crate::redact::Redactor;
+use crate::telemetry;
+
+/// Entries the queue holds before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// An entry on its way to the writer thread: the head is rendered and
+/// redacted; bodies are redacted on the thread.
+struct Pending {
+    ts: f64,
+    dir: Direction,
+    head: Vec<u8>,
+    body: Vec<Bytes>,
+    meta: Meta,
+}
+
+enum Message {
+    Entry(Pending),
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+/// Counts of what the writer did, for the shutdown log line and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Entries written.
+    pub written: u64,
+    /// Entries dropped because the queue was full or capture was off.
+    pub dropped: u64,
+    /// Whether capture was still on at the end.
+    pub enabled: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    enabled: AtomicBool,
+    written: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Starts capture: the writer thread and its observer.
+///
+/// `secrets` are the configured keys (backend and proxy) to redact wherever
+/// they appear.
+pub fn start(
+    config: &WireCaptureConfig,
+    secrets: impl IntoIterator<Item = String>,
+) -> std::io::Result<CaptureHandle> {
+    let redactor = Arc::new(Redactor::new(secrets));
+    let shared = Arc::new(Shared {
+        enabled: AtomicBool::new(true),
+        written: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+    });
+    let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+    let files = RotatingFiles::new(
+        PathBuf::from(&config.output_dir),
+        config.max_file_bytes,
+        config.max_total_bytes,
+        writer_session_id(),
+    );
+    let thread = {
+        let shared = shared.clone();
+        let redactor = redactor.clone();
+        std::thread::Builder::new()
+            .name("wire-capture".into())
+            .spawn(move || run_writer(rx, files, &shared, &redactor))?
+    };
+    metrics::gauge!(telemetry::ENABLED).set(1.0);
+    let observer = Arc::new(CaptureWriter {
+        tx: tx.clone(),
+        shared: shared.clone(),
+        redactor,
+        shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+    });
+    Ok(CaptureHandle {
+        observer,
+        tx,
+        shared,
+        thread: Some(thread),
+    })
+}
+
+/// A unique id for one writer run: time and process id.
+fn writer_session_id() -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:x}-{:x}-{:x}",
+        t.as_secs(),
+        t.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+/// The running capture: its observer and the writer thread.
+#[derive(Debug)]
+pub struct CaptureHandle {
+    observer: Arc<CaptureWriter>,
+    tx: SyncSender<Message>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CaptureHandle {
+    /// The observer to add to the pipeline.
+    pub fn observer(&self) -> Arc<CaptureWriter> {
+        self.observer.clone()
+    }
+
+    /// Whether capture is still writing.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued so far is written and flushed to the kernel.
+    pub fn flush(&self) {
+        let (tx, rx) = sync_channel(1);
+        if self.tx.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Writes what is queued, fsyncs the file and stops the thread (blocking).
+    pub fn shutdown(mut self) -> CaptureStats {
+        let _ = self.tx.send(Message::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        CaptureStats {
+            written: self.shared.written.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            enabled: self.shared.enabled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn run_writer(
+    rx: Receiver<Message>,
+    mut files: RotatingFiles,
+    shared: &Shared,
+    redactor: &Redactor,
+) {
+    let mut seq: u64 = 0;
+    let mut dirty = false;
+    loop {
+        // Block for the next message; flush once the queue is drained.
+        let message = if dirty {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    dirty = false;
+                    if let Err(e) = files.flush() {
+                        disable(shared, &e);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => Message::Shutdown,
+            }
+        } else {
+            match rx.recv() {
+                Ok(m) => m,
+                Err(_) => Message::Shutdown,
+            }
+        };
+        match message {
+            Message::Entry(p) => {
+                if !shared.enabled.load(Ordering::Relaxed) {
+                    continue;
+                }
+                seq += 1;
+                let mut data = p.head;
+                let mut body = Vec::new();
+                for b in &p.body {
+                    body.extend_from_slice(b);
+                }
+                data.extend_from_slice(&redactor.body(body));
+                let entry = Entry {
+                    ts: p.ts,
+                    dir: p.dir,
+                    seq,
+                    data,
+                    meta: p.meta,
+                };
+                match files.append(&entry) {
+                    Ok(len) => {
+                        dirty = true;
+                        shared.written.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(telemetry::ENTRIES_TOTAL).increment(1);
+                        metrics::counter!(telemetry::BYTES_TOTAL).increment(len);
+                    }
+                    Err(e) => disable(shared, &e),
+                }
+            }
+            Message::Flush(done) => {
+                if shared.enabled.load(Ordering::Relaxed)
+                    && let Err(e) = files.flush()
+                {
+                    disable(shared, &e);
+                }
+                dirty = false;
+                let _ = done.send(());
+            }
+            Message::Shutdown => {
+                if shared.enabled.load(Ordering::Relaxed)
+                    && let Err(e) = files.close_current()
+                {
+                    disable(shared, &e);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Turns capture off after a write error: one error line, the gauge at 0.
+fn disable(shared: &Shared, error: &std::io::Error) {
+    metrics::counter!(telemetry::WRITE_ERRORS_TOTAL).increment(1);
+    if shared.enabled.swap(false, Ordering::Relaxed) {
+        metrics::gauge!(telemetry::ENABLED).set(0.0);
+        tracing::error!(error = %error, "wire capture write failed; capture is now off (the proxy keeps serving)");
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// One leg's response as it arrives.
+#[derive(Debug)]
+struct ResponseLeg {
+    head: Vec<u8>,
+    status: u16,
+    sse: bool,
+    head_at: Instant,
+    body: Vec<Bytes>,
+    chunks: i64,
+    bytes: i64,
+    first_at: Option<Instant>,
+}
+
+impl ResponseLeg {
+    fn new(head: Vec<u8>, status: StatusCode, sse: bool, at: Instant) -> ResponseLeg {
+        ResponseLeg {
+            head,
+            status: status.as_u16(),
+            sse,
+            head_at: at,
+            body: Vec::new(),
+            chunks: 0,
+            bytes: 0,
+            first_at: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ExchangeState {
+    /// Wall clock of `ctx.started`, epoch seconds.
+    epoch: f64,
+    backend_sent: Option<Instant>,
+    backend: Option<ResponseLeg>,
+    client: Option<ResponseLeg>,
+}
+
+/// The capture observer (see the module docs).
+pub struct CaptureWriter {
+    tx: SyncSender<Message>,
+    shared: Arc<Shared>,
+    redactor: Arc<Redactor>,
+    shards: Vec<Mutex<HashMap<Arc<str>, ExchangeState>>>,
+}
+
+impl std::fmt::Debug for CaptureWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureWriter").finish_non_exhaustive()
+    }
+}
+
+fn shard_of(id: &str) -> usize {
+    id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % SHARDS
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+fn ms(d: Duration) -> MetaValue {
+    MetaValue::Float((d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+impl CaptureWriter {
+    fn on(&self) -> bool {
+        self.shared.enabled.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, p: Pending) {
+        if !self.on() {
+            return;
+        }
+        match self.tx.try_send(Message::Entry(p)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::DROPPED_TOTAL, "reason" => "queue_full").increment(1);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::DROPPED_TOTAL, "reason" => "disabled").increment(1);
+            }
+        }
+    }
+
+    fn with_state<R>(
+        &self,
+        ex: &ExchangeContext,
+        f: impl FnOnce(&mut ExchangeState) -> R,
+    ) -> Option<R> {
+        let shard = &self.shards[shard_of(&ex.request_id)];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_mut(&ex.request_id).map(f)
+    }
+
+    fn base_meta(ex: &ExchangeContext) -> Meta {
+        let mut m = Meta::default();
+        m.set("sid", MetaValue::Text(ex.session_id.to_string()));
+        m.set("rid", MetaValue::Text(ex.request_id.to_string()));
+        m
+    }
+
+    fn backend_meta(ex: &ExchangeContext, attempt: &AttemptInfo) -> Meta {
+        let mut m = CaptureWriter::base_meta(ex);
+        m.set("be", MetaValue::Text(attempt.backend.to_string()));
+        m.set("mod", MetaValue::Text(attempt.model.clone()));
+        m
+    }
+
+    fn status_head(&self, status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        self.redactor.write_headers(headers, &mut head);
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    fn request_head(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
+        let mut head = format!("{method} {uri} HTTP/1.1\r\n").into_bytes();
+        self.redactor.write_headers(headers, &mut head);
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    /// Entries for a response head: the head itself; for streams also the
+    /// start marker.
+    fn push_head(
+        &self,
+        ts: f64,
+        dir: Direction,
+        leg: &ResponseLeg,
+        mut meta: Meta,
+        ttfb: Duration,
+    ) {
+        meta.set("sc", MetaValue::Int(i64::from(leg.status)));
+        meta.set("ttfb", ms(ttfb));
+        if !leg.sse {
+            return;
+        }
+        self.push(Pending {
+            ts,
+            dir,
+            head: leg.head.clone(),
+            body: Vec::new(),
+            meta: meta.clone(),
+        });
+        meta.0
+            .retain(|(k, _)| matches!(k.as_str(), "sid" | "rid" | "be" | "mod"));
+        meta.set("ss", MetaValue::Bool(true));
+        self.push(Pending {
+            ts,
+            dir,
+            head: Vec::new(),
+            body: Vec::new(),
+            meta,
+        });
+    }
+
+    /// The closing entries of a response leg: a stream's end marker (or an
+    /// `err` entry when it broke), or a whole non-stream response.
+    #[expect(clippy::too_many_arguments, reason = "one call site per leg")]
+    fn push_end(
+        &self,
+        ts: f64,
+        dir: Direction,
+        leg: ResponseLeg,
+        mut meta: Meta,
+        error: Option<String>,
+        lat: Duration,
+        ttfb: Duration,
+        end: Instant,
+    ) {
+        meta.set("lat", ms(lat));
+        if leg.sse {
+            match error {
+                None => {
+                    meta.set("se", MetaValue::Bool(true));
+                    meta.set("tc", MetaValue::Int(leg.chunks));
+                    meta.set("tb", MetaValue::Int(leg.bytes));
+                    let start = leg.first_at.unwrap_or(leg.head_at);
+                    meta.set("sdur", ms(end.saturating_duration_since(start)));
+                }
+                Some(e) => {
+                    meta.set("tc", MetaValue::Int(leg.chunks));
+                    meta.set("tb", MetaValue::Int(leg.bytes));
+                    meta.set("err", MetaValue::Text(e));
+                }
+            }
+            self.push(Pending {
+                ts,
+                dir,
+                head: Vec::new(),
+                body: Vec::new(),
+                meta,
+            });
+        } else {
+            meta.set("sc", MetaValue::Int(i64::from(leg.status)));
+            meta.set("ttfb", ms(ttfb));
+            if let Some(e) = error {
+                meta.set("err", MetaValue::Text(e));
+            }
+            self.push(Pending {
+                ts,
+                dir,
+                head: leg.head,
+                body: leg.body,
+                meta,
+            });
+        }
+    }
+
+    fn chunk(
+        &self,
+        ts: f64,
+        dir: Direction,
+        leg: &mut ResponseLeg,
+        chunk: &Bytes,
+        at: Instant,
+        meta: Meta,
+    ) {
+        leg.first_at.get_or_insert(at);
+        leg.chunks += 1;
+        leg.bytes += chunk.len() as i64;
+        if leg.sse {
+            let mut meta = meta;
+            meta.set("ci", MetaValue::Int(leg.chunks));
+            self.push(Pending {
+                ts,
+                dir,
+                head: Vec::new(),
+                body: vec![chunk.clone()],
+                meta,
+            });
+        } else {
+            leg.body.push(chunk.clone());
+        }
+    }
+}
+
+fn ts_of(state: &ExchangeState, ex: &ExchangeContext, at: Instant) -> f64 {
+    state.epoch + at.saturating_duration_since(ex.started).as_secs_f64()
+}
+
+impl ExchangeObserver for CaptureWriter {
+    fn on_client_request(
+        &self,
+        ex: &ExchangeContext,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) {
+        if !self.on() {
+            return;
+        }
+        let epoch = ex
+            .received_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut meta = CaptureWriter::base_meta(ex);
+        if let Some(ua) = &ex.user_agent {
+            meta.set("ua", MetaValue::Text(ua.clone()));
+        }
+        self.push(Pending {
+            ts: epoch,
+            dir: Direction::ClientToProxy,
+            head: self.request_head(method, uri, headers),
+            body: vec![body.clone()],
+            meta,
+        });
+        let shard = &self.shards[shard_of(&ex.request_id)];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            ex.request_id.clone(),
+            ExchangeState {
+                epoch,
+                backend_sent: None,
+                backend: None,
+                client: None,
+            },
+        );
+    }
+
+    fn on_backend_request(
+        &self,
+        ex: &ExchangeContext,
+        attempt: &AttemptInfo,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) {
+        let now = Instant::now();
+        let Some(ts) = self.with_state(ex, |s| {
+            s.backend_sent = Some(now);
+            s.backend = None;
+            ts_of(s, ex, now)
+        }) else {
+            return;
+        };
+        self.push(Pending {
+            ts,
+            dir: Direction::ProxyToBackend,
+            head: self.request_head(&Method::POST, uri, headers),
+            body: vec![body.clone()],
+            meta: CaptureWriter::backend_meta(ex, attempt),
+        });
+    }
+
+    fn on_backend_response_head(
+        &self,
+        ex: &ExchangeContext,
+        attempt: &AttemptInfo,
+        status: StatusCode,
+        headers: &HeaderMap,
+        at: Instant,
+    ) {
+        let head = self.status_head(status, headers);
+        let sse = is_sse(headers);
+        self.with_state(ex, |s| {
+            let leg = ResponseLeg::new(head, status, sse, at);
+            let ttfb = at.saturating_duration_since(s.backend_sent.unwrap_or(ex.started));
+            self.push_head(
+                ts_of(s, ex, at),
+                Direction::BackendToProxy,
+                &leg,
+                CaptureWriter::backend_meta(ex, attempt),
+                ttfb,
+            );
+            s.backend = Some(leg);
+        });
+    }
+
+    fn on_backend_response_chunk(
+        &self,
+        ex: &ExchangeContext,
+        attempt: &AttemptInfo,
+        chunk: &Bytes,
+        at: Instant,
+    ) {
+        self.with_state(ex, |s| {
+            let ts = ts_of(s, ex, at);
+            if let Some(leg) = s.backend.as_mut() {
+                let meta = CaptureWriter::backend_meta(ex, attempt);
+                self.chunk(ts, Direction::BackendToProxy, leg, chunk, at, meta);
+            }
+        });
+    }
+
+    fn on_backend_response_end(
+        &self,
+        ex: &ExchangeContext,
+        attempt: &AttemptInfo,
+        error: Option<&UpstreamError>,
+        at: Instant,
+    ) {
+        self.with_state(ex, |s| {
+            let ts = ts_of(s, ex, at);
+            let sent = s.backend_sent.unwrap_or(ex.started);
+            let lat = at.saturating_duration_since(sent);
+            let meta = CaptureWriter::backend_meta(ex, attempt);
+            match s.backend.take() {
+                Some(leg) => {
+                    let ttfb = leg.head_at.saturating_duration_since(sent);
+                    self.push_end(
+                        ts,
+                        Direction::BackendToProxy,
+                        leg,
+                        meta,
+                        error.map(ToString::to_string),
+                        lat,
+                        ttfb,
+                        at,
+                    );
+                }
+                None => {
+                    // No response head: the attempt failed outright.
+                    let mut meta = meta;
+                    meta.set("lat", ms(lat));
+                    meta.set(
+                        "err",
+                        MetaValue::Text(
+                            error.map_or_else(|| "no response".to_owned(), ToString::to_string),
+                        ),
+                    );
+                    self.push(Pending {
+                        ts,
+                        dir: Direction::BackendToProxy,
+                        head: Vec::new(),
+                        body: Vec::new(),
+                        meta,
+                    });
+                }
+            }
+        });
+    }
+
+    fn on_client_response_head(
+        &self,
+        ex: &ExchangeContext,
+        status: StatusCode,
+        headers: &HeaderMap,
+        at: Instant,
+    ) {
+        let head = self.status_head(status, headers);
+        let sse = is_sse(headers);
+        self.with_state(ex, |s| {
+            let leg = ResponseLeg::new(head, status, sse, at);
+            self.push_head(
+                ts_of(s, ex, at),
+                Direction::ProxyToClient,
+                &leg,
+                CaptureWriter::base_meta(ex),
+                at.saturating_duration_since(ex.started),
+            );
+            s.client = Some(leg);
+        });
+    }
+
+    fn on_client_response_chunk(&self, ex: &ExchangeContext, chunk: &Bytes, at: Instant) {
+        self.with_state(ex, |s| {
+            let ts = ts_of(s, ex, at);
+            if let Some(leg) = s.client.as_mut() {
+                self.chunk(
+                    ts,
+                    Direction::ProxyToClient,
+                    leg,
+                    chunk,
+                    at,
+                    CaptureWriter::base_meta(ex),
+                );
+            }
+        });
+    }
+
+    fn on_exchange_end(&self, ex: &ExchangeContext, outcome: &ExchangeOutcome) {
+        let state = {
+            let shard = &self.shards[shard_of(&ex.request_id)];
+            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&ex.request_id)
+        };
+        let Some(mut state) = state else {
+            return;
+        };
+        let end = ex.started + outcome.total;
+        let ts = ts_of(&state, ex, end);
+        let error = match outcome.completion {
+            Completion::Completed => None,
+            Completion::Incomplete(reason) => Some(
+                outcome
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| reason.as_str().to_owned()),
+            ),
+            _ => Some(outcome.error.clone().unwrap_or_else(|| "failed".into())),
+        };
+        let meta = CaptureWriter::base_meta(ex);
+        match state.client.take() {
+            Some(leg) => {
+                let ttfb = outcome
+                    .ttft
+                    .unwrap_or_else(|| leg.head_at.saturating_duration_since(ex.started));
+                self.push_end(
+                    ts,
+                    Direction::ProxyToClient,
+                    leg,
+                    meta,
+                    error,
+                    outcome.total,
+                    ttfb,
+                    end,
+                );
+            }
+            None => {
+                let mut meta = meta;
+                meta.set("sc", MetaValue::Int(i64::from(outcome.status)));
+                meta.set("lat", ms(outcome.total));
+                meta.set(
+                    "err",
+                    MetaValue::Text(error.unwrap_or_else(|| "no response head".into())),
+                );
+                self.push(Pending {
+                    ts,
+                    dir: Direction::ProxyToClient,
+                    head: Vec::new(),
+                    body: Vec::new(),
+                    meta,
+                });
+            }
+        }
+    }
+}
