@@ -15,6 +15,12 @@ pub struct WireCaptureConfig {
     pub max_file_bytes: u64,
     /// Oldest files are deleted past this total.
     pub max_total_bytes: u64,
+    /// Bytes of entries waiting for the writer thread; past this, new
+    /// entries are dropped (`dropped_total{reason="queue_bytes"}`).
+    pub max_queue_bytes: u64,
+    /// Bytes of one non-stream response body kept for its entry; the rest
+    /// is cut and the entry's meta gets `trunc: true`.
+    pub max_body_bytes: u64,
 }
 
 impl Default for WireCaptureConfig {
@@ -24,6 +30,8 @@ impl Default for WireCaptureConfig {
             output_dir: "./var/captures".into(),
             max_file_bytes: 64 * 1024 * 1024,
             max_total_bytes: 1024 * 1024 * 1024,
+            max_queue_bytes: 256 * 1024 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -41,6 +49,18 @@ impl WireCaptureConfig {
             return Err(ConfigError::new(
                 "wire_capture.max_total_bytes",
                 "must be at least wire_capture.max_file_bytes",
+            ));
+        }
+        if self.max_queue_bytes == 0 {
+            return Err(ConfigError::new(
+                "wire_capture.max_queue_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "wire_capture.max_body_bytes",
+                "must be greater than 0",
             ));
         }
         Ok(())

@@ -105,8 +105,27 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ReadError> {
         } else {
             vec![p.clone()]
         };
+        let in_dir = p.is_dir();
         for f in files {
-            let c = reader::read_file(&f)?;
+            let c = match reader::read_file(&f) {
+                Ok(c) => c,
+                // A directory member that cannot be read (a file just
+                // rotated in, or one pruned meanwhile) is damage, not the
+                // end of the whole run.
+                Err(e) if in_dir => {
+                    out.damage.push((
+                        f.clone(),
+                        Damage {
+                            offset: 0,
+                            entries_read: 0,
+                            bytes_skipped: std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0),
+                            reason: e.to_string(),
+                        },
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             out.bytes += std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
             if let Some(d) = c.damage {
                 out.damage.push((f.clone(), d));
@@ -1025,5 +1044,37 @@ pub fn inspect_paths(
 impl std::fmt::Display for Issue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "[{}] rid={}: {}", self.kind, self.rid, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::RotatingFiles;
+    use crate::format::Meta;
+
+    #[test]
+    fn an_empty_directory_member_is_damage_and_the_rest_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = RotatingFiles::new(dir.path(), 1 << 20, 1 << 22, "s".into());
+        files
+            .append(&Entry {
+                ts: 1.0,
+                dir: Direction::ClientToProxy,
+                seq: 1,
+                data: b"POST / HTTP/1.1\r\n\r\n{}".to_vec(),
+                meta: Meta::default(),
+            })
+            .unwrap();
+        files.close_current().unwrap();
+        // A file just created by another rotation, nothing in it yet.
+        let empty = dir.path().join("capture-9999999999999-1-00001.cbor");
+        std::fs::write(&empty, b"").unwrap();
+        let loaded = load(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(loaded.entries.len(), 1);
+        assert_eq!(loaded.damage.len(), 1, "{:?}", loaded.damage);
+        assert_eq!(loaded.damage[0].0, empty);
+        // Named directly, the same file is still an error.
+        assert!(load(&[empty]).is_err());
     }
 }

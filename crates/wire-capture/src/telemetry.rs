@@ -6,7 +6,8 @@ pub const ENABLED: &str = "llm_proxy_wire_capture_enabled";
 pub const ENTRIES_TOTAL: &str = "llm_proxy_wire_capture_entries_total";
 /// Counter: bytes written (encoded).
 pub const BYTES_TOTAL: &str = "llm_proxy_wire_capture_bytes_total";
-/// Counter: entries dropped, label `reason` = `queue_full` | `disabled`.
+/// Counter: entries dropped, label `reason` = `queue_full` (entry count) | `queue_bytes`
+/// (byte budget `max_queue_bytes`) | `disabled`.
 pub const DROPPED_TOTAL: &str = "llm_proxy_wire_capture_dropped_total";
 /// Counter: files opened after the first (rotations).
 pub const ROTATIONS_TOTAL: &str = "llm_proxy_wire_capture_rotations_total";

@@ -34,6 +34,8 @@ struct Pending {
     head: Vec<u8>,
     body: Vec<Bytes>,
     meta: Meta,
+    /// Bytes this entry counts against `max_queue_bytes`.
+    size: u64,
 }
 
 enum Message {
@@ -58,6 +60,9 @@ struct Shared {
     enabled: AtomicBool,
     written: AtomicU64,
     dropped: AtomicU64,
+    /// Bytes of entries in the queue (head and body of each).
+    queued_bytes: AtomicU64,
+    max_queue_bytes: u64,
 }
 
 /// Starts capture: the writer thread and its observer.
@@ -73,6 +78,8 @@ pub fn start(
         enabled: AtomicBool::new(true),
         written: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        queued_bytes: AtomicU64::new(0),
+        max_queue_bytes: config.max_queue_bytes,
     });
     let (tx, rx) = sync_channel(QUEUE_CAPACITY);
     let files = RotatingFiles::new(
@@ -93,6 +100,7 @@ pub fn start(
         tx: tx.clone(),
         shared: shared.clone(),
         redactor,
+        max_body_bytes: config.max_body_bytes,
         shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
     });
     Ok(CaptureHandle {
@@ -188,6 +196,7 @@ fn run_writer(
         };
         match message {
             Message::Entry(p) => {
+                shared.queued_bytes.fetch_sub(p.size, Ordering::Relaxed);
                 if !shared.enabled.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -255,6 +264,10 @@ struct ResponseLeg {
     sse: bool,
     head_at: Instant,
     body: Vec<Bytes>,
+    /// Bytes in `body` (non-stream legs; at most `max_body_bytes`).
+    kept: u64,
+    /// Whether the non-stream body was cut at `max_body_bytes`.
+    truncated: bool,
     chunks: i64,
     bytes: i64,
     first_at: Option<Instant>,
@@ -268,6 +281,8 @@ impl ResponseLeg {
             sse,
             head_at: at,
             body: Vec::new(),
+            kept: 0,
+            truncated: false,
             chunks: 0,
             bytes: 0,
             first_at: None,
@@ -289,6 +304,7 @@ pub struct CaptureWriter {
     tx: SyncSender<Message>,
     shared: Arc<Shared>,
     redactor: Arc<Redactor>,
+    max_body_bytes: u64,
     shards: Vec<Mutex<HashMap<Arc<str>, ExchangeState>>>,
 }
 
@@ -320,17 +336,28 @@ impl CaptureWriter {
         self.shared.enabled.load(Ordering::Relaxed)
     }
 
-    fn push(&self, p: Pending) {
+    fn push(&self, mut p: Pending) {
         if !self.on() {
             return;
         }
+        let size = p.head.len() as u64 + p.body.iter().map(|b| b.len() as u64).sum::<u64>();
+        let before = self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if before.saturating_add(size) > self.shared.max_queue_bytes {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(telemetry::DROPPED_TOTAL, "reason" => "queue_bytes").increment(1);
+            return;
+        }
+        p.size = size;
         match self.tx.try_send(Message::Entry(p)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::DROPPED_TOTAL, "reason" => "queue_full").increment(1);
             }
             Err(TrySendError::Disconnected(_)) => {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::DROPPED_TOTAL, "reason" => "disabled").increment(1);
             }
@@ -401,6 +428,7 @@ impl CaptureWriter {
             head: leg.head.clone(),
             body: Vec::new(),
             meta: meta.clone(),
+            size: 0,
         });
         meta.0
             .retain(|(k, _)| matches!(k.as_str(), "sid" | "rid" | "be" | "mod"));
@@ -411,6 +439,7 @@ impl CaptureWriter {
             head: Vec::new(),
             body: Vec::new(),
             meta,
+            size: 0,
         });
     }
 
@@ -450,6 +479,7 @@ impl CaptureWriter {
                 head: Vec::new(),
                 body: Vec::new(),
                 meta,
+                size: 0,
             });
         } else {
             meta.set("sc", MetaValue::Int(i64::from(leg.status)));
@@ -457,12 +487,17 @@ impl CaptureWriter {
             if let Some(e) = error {
                 meta.set("err", MetaValue::Text(e));
             }
+            if leg.truncated {
+                meta.set("trunc", MetaValue::Bool(true));
+                meta.set("tb", MetaValue::Int(leg.bytes));
+            }
             self.push(Pending {
                 ts,
                 dir,
                 head: leg.head,
                 body: leg.body,
                 meta,
+                size: 0,
             });
         }
     }
@@ -488,9 +523,22 @@ impl CaptureWriter {
                 head: Vec::new(),
                 body: vec![chunk.clone()],
                 meta,
+                size: 0,
             });
         } else {
-            leg.body.push(chunk.clone());
+            let room = self.max_body_bytes.saturating_sub(leg.kept);
+            let len = chunk.len() as u64;
+            if len <= room {
+                leg.body.push(chunk.clone());
+                leg.kept += len;
+            } else {
+                if room > 0 {
+                    let room = usize::try_from(room).unwrap_or(usize::MAX);
+                    leg.body.push(chunk.slice(..room));
+                    leg.kept = self.max_body_bytes;
+                }
+                leg.truncated = true;
+            }
         }
     }
 }
@@ -526,6 +574,7 @@ impl ExchangeObserver for CaptureWriter {
             head: self.request_head(method, uri, headers),
             body: vec![body.clone()],
             meta,
+            size: 0,
         });
         let shard = &self.shards[shard_of(&ex.request_id)];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -562,6 +611,7 @@ impl ExchangeObserver for CaptureWriter {
             head: self.request_head(&Method::POST, uri, headers),
             body: vec![body.clone()],
             meta: CaptureWriter::backend_meta(ex, attempt),
+            size: 0,
         });
     }
 
@@ -647,6 +697,7 @@ impl ExchangeObserver for CaptureWriter {
                         head: Vec::new(),
                         body: Vec::new(),
                         meta,
+                        size: 0,
                     });
                 }
             }
@@ -743,8 +794,126 @@ impl ExchangeObserver for CaptureWriter {
                     head: Vec::new(),
                     body: Vec::new(),
                     meta,
+                    size: 0,
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::capture_files;
+    use llm_proxy_core::{BackendType, Frontend};
+
+    fn context(id: &str) -> ExchangeContext {
+        ExchangeContext {
+            request_id: id.into(),
+            frontend: Frontend::OpenAiChat,
+            received_at: SystemTime::now(),
+            started: Instant::now(),
+            client_addr: None,
+            user_agent: None,
+            proxy_user: None,
+            session_id: "s".into(),
+            requested_model: "m".into(),
+            streaming: false,
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> WireCaptureConfig {
+        WireCaptureConfig {
+            enabled: true,
+            output_dir: dir.to_string_lossy().into_owned(),
+            ..WireCaptureConfig::default()
+        }
+    }
+
+    fn entries(dir: &std::path::Path) -> Vec<Entry> {
+        capture_files(dir)
+            .unwrap()
+            .iter()
+            .flat_map(|(p, _)| crate::reader::read_file(p).unwrap().entries)
+            .collect()
+    }
+
+    #[test]
+    fn entries_over_the_byte_budget_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.max_queue_bytes = 1000;
+        let handle = start(&config, Vec::new()).unwrap();
+        let observer = handle.observer();
+        let ex = context("big");
+        let headers = HeaderMap::new();
+        let uri: Uri = "/v1/chat/completions".parse().unwrap();
+        // Larger than the whole budget: never queued.
+        observer.on_client_request(
+            &ex,
+            &Method::POST,
+            &uri,
+            &headers,
+            &Bytes::from(vec![b'x'; 5000]),
+        );
+        // Small: queued and written.
+        observer.on_client_request(
+            &context("small"),
+            &Method::POST,
+            &uri,
+            &headers,
+            &Bytes::from_static(b"{}"),
+        );
+        let stats = handle.shutdown();
+        assert_eq!(stats.dropped, 1, "{stats:?}");
+        assert_eq!(stats.written, 1, "{stats:?}");
+        assert_eq!(entries(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_non_stream_body_is_cut_at_max_body_bytes_and_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.max_body_bytes = 10;
+        let handle = start(&config, Vec::new()).unwrap();
+        let observer = handle.observer();
+        let ex = context("r1");
+        let headers = HeaderMap::new();
+        let uri: Uri = "/v1/chat/completions".parse().unwrap();
+        observer.on_client_request(
+            &ex,
+            &Method::POST,
+            &uri,
+            &headers,
+            &Bytes::from_static(b"{}"),
+        );
+        let attempt = AttemptInfo {
+            attempt: 1,
+            backend: "b".into(),
+            backend_type: BackendType::OpenAi,
+            model: "m".into(),
+            replaced: false,
+            stream_usage_requested: false,
+        };
+        let now = Instant::now();
+        observer.on_backend_request(&ex, &attempt, &uri, &headers, &Bytes::from_static(b"{}"));
+        observer.on_backend_response_head(&ex, &attempt, StatusCode::OK, &headers, now);
+        for _ in 0..3 {
+            observer.on_backend_response_chunk(&ex, &attempt, &Bytes::from_static(b"0123456"), now);
+        }
+        observer.on_backend_response_end(&ex, &attempt, None, now);
+        handle.shutdown();
+        let all = entries(dir.path());
+        let response = all
+            .iter()
+            .find(|e| e.dir == Direction::BackendToProxy)
+            .unwrap();
+        assert!(
+            response.data.ends_with(b"\r\n\r\n0123456012"),
+            "{:?}",
+            String::from_utf8_lossy(&response.data)
+        );
+        assert_eq!(response.meta.get("trunc"), Some(&MetaValue::Bool(true)));
+        assert_eq!(response.meta.get("tb"), Some(&MetaValue::Int(21)));
     }
 }
