@@ -11,6 +11,9 @@ use llm_proxy_wire_capture::replay::{self, ReplayOptions};
 
 use crate::cli::{InspectArgs, ReplayArgs};
 
+/// The largest `--slow-threshold` (a day).
+const MAX_SLOW_THRESHOLD: Duration = Duration::from_secs(24 * 3600);
+
 fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
@@ -35,9 +38,10 @@ pub fn inspect(args: &InspectArgs) -> ExitCode {
             }
         }
     }
-    if !(args.slow_threshold.is_finite() && args.slow_threshold >= 0.0) {
-        return fail("--slow-threshold: expected seconds >= 0");
-    }
+    let slow_threshold = match Duration::try_from_secs_f64(args.slow_threshold) {
+        Ok(d) if d <= MAX_SLOW_THRESHOLD => d,
+        _ => return fail("--slow-threshold: expected seconds from 0 to 86400"),
+    };
     let opts = InspectOptions {
         detect_issues: args.detect_issues,
         analyze: args.analyze,
@@ -45,7 +49,7 @@ pub fn inspect(args: &InspectArgs) -> ExitCode {
         status_summary: args.status_summary,
         track_request: args.track_request.clone(),
         json: args.json,
-        slow_threshold: Duration::from_secs_f64(args.slow_threshold),
+        slow_threshold,
         filter: Filter {
             directions,
             backend: args.backend.clone(),
@@ -106,8 +110,8 @@ pub fn replay(args: &ReplayArgs) -> ExitCode {
         let Some(proxy_url) = args.proxy_url.clone() else {
             return fail("--proxy-url or --serve-backend is required");
         };
-        if !(args.speed.is_finite() && args.speed >= 0.0) {
-            return fail("--speed: expected a number >= 0");
+        if !(args.speed == 0.0 || (args.speed.is_finite() && args.speed >= replay::MIN_SPEED)) {
+            return fail("--speed: expected 0 (as fast as possible) or a number >= 0.001");
         }
         let mut headers = Vec::new();
         for h in &args.headers {

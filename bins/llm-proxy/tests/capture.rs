@@ -591,3 +591,68 @@ fn replay_cli_serves_a_capture_as_the_backend_and_compares() {
     drop(proxy);
     drop(backend);
 }
+
+#[test]
+fn absurd_timestamps_and_flags_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("capture.cbor");
+    let mut b = Builder::new();
+    clean(&mut b);
+    b.request(1.0, "r2", "s1", false);
+    b.json_reply(1.5, Direction::BackendToProxy, "r2", "s1", 200, OK_BODY);
+    b.json_reply(1.6, Direction::ProxyToClient, "r2", "s1", 200, OK_BODY);
+    let n = b.entries.len();
+    b.entries[n - 2].ts = 1e300;
+    b.entries[n - 1].ts = f64::NEG_INFINITY;
+    b.entries[n - 3].ts = 1e300;
+    b.entries[n - 4].ts = 1e300;
+    b.write(&file);
+    let f = file.to_str().unwrap();
+    let no_panic = |(code, out, err): (i32, String, String)| {
+        assert!(
+            !err.contains("panicked") && code != 101,
+            "{code}\n{out}\n{err}"
+        );
+        (code, out, err)
+    };
+
+    let (code, _, _) = no_panic(run(&["inspect", f, "--detect-issues"], dir.path()));
+    assert!(code == 0 || code == 1);
+    no_panic(run(&["inspect", f, "--timeline"], dir.path()));
+    no_panic(run(&["inspect", f, "--analyze"], dir.path()));
+    let (code, _, err) = no_panic(run(&["inspect", f, "--slow-threshold", "1e20"], dir.path()));
+    assert_eq!(code, 2);
+    assert!(err.contains("--slow-threshold"), "{err}");
+    let (code, _, err) = no_panic(run(
+        &[
+            "replay",
+            f,
+            "--proxy-url",
+            "http://127.0.0.1:9",
+            "--speed",
+            "1e-30",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("--speed"), "{err}");
+    // Planning the replay reads every offset (the 1e300 request's too).
+    let (code, out, err) = no_panic(run(
+        &[
+            "replay",
+            f,
+            "--proxy-url",
+            "http://127.0.0.1:9",
+            "--speed",
+            "0",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(code, 1, "{out}\n{err}");
+    // The fake backend builds its scripts (1e300 and -inf offsets) at start.
+    let backend = start(
+        &["replay", f, "--serve-backend", "--port", "0"],
+        "replay backend listening on http://",
+    );
+    drop(backend);
+}

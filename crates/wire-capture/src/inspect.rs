@@ -177,8 +177,10 @@ pub struct Issue {
 
 /// `2026-11-28T03:04:05.678Z` for epoch seconds.
 pub fn format_ts(ts: f64) -> String {
+    // Up to 9999-12-31 (damaged entries can hold any float).
+    const LAST: f64 = 253_402_300_799.0;
     let us = if ts.is_finite() && ts > 0.0 {
-        (ts * 1e6).round() as i64
+        (ts.min(LAST) * 1e6).round() as i64
     } else {
         0
     };

@@ -44,6 +44,9 @@ pub enum ReplayError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `speed` is neither 0 nor a finite number >= [`MIN_SPEED`].
+    #[error("invalid speed {0}: expected 0 (as fast as possible) or a number >= 0.001")]
+    BadSpeed(f64),
     /// The capture holds no client requests.
     #[error("the capture holds no client requests")]
     Empty,
@@ -113,8 +116,30 @@ struct CapturedResponse {
     stream: bool,
 }
 
+/// The longest wait replay honours: offsets from damaged or hand-made
+/// captures (`ts` of 1e300, infinities) are clamped to it.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The slowest `--speed` other than 0 (as fast as possible).
+pub const MIN_SPEED: f64 = 0.001;
+
+/// Seconds as a wait, clamped to `0..=MAX_WAIT` (NaN is 0).
+fn wait_of(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
+}
+
 fn offset(from: f64, to: f64) -> Duration {
-    Duration::from_secs_f64((to - from).max(0.0))
+    wait_of(to - from)
+}
+
+/// `t + d`, or `t + MAX_WAIT` (or `t`) when that does not fit in an `Instant`.
+fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(MAX_WAIT))
+        .unwrap_or(t)
 }
 
 /// The response of `dir` after the request entry at `req_ts`, from `es`
@@ -155,6 +180,9 @@ struct BackendScript {
     body: Vec<u8>,
     response: CapturedResponse,
     used: bool,
+    /// When the proxy sent the captured request, and its writer sequence:
+    /// identical requests are answered in capture order.
+    sent: (f64, u64),
 }
 
 fn backend_scripts(entries: &[Entry]) -> Vec<BackendScript> {
@@ -181,11 +209,12 @@ fn backend_scripts(entries: &[Entry]) -> Vec<BackendScript> {
                     body: msg.body,
                     response,
                     used: false,
+                    sent: (req.ts, req.seq),
                 });
             }
         }
     }
-    out.sort_by_key(|s| s.response.head_at);
+    out.sort_by(|a, b| a.sent.0.total_cmp(&b.sent.0).then(a.sent.1.cmp(&b.sent.1)));
     out
 }
 
@@ -252,7 +281,7 @@ async fn answer(
         );
         return resp;
     };
-    tokio::time::sleep_until(received + captured.head_at).await;
+    tokio::time::sleep_until(after(received, captured.head_at)).await;
     let mut resp = Response::new(ChannelBody { rx });
     *resp.status_mut() = StatusCode::from_u16(captured.status).unwrap_or(StatusCode::OK);
     for (k, v) in &captured.headers {
@@ -268,7 +297,7 @@ async fn answer(
     }
     tokio::spawn(async move {
         for (at, chunk) in captured.chunks {
-            tokio::time::sleep_until(received + at).await;
+            tokio::time::sleep_until(after(received, at)).await;
             if tx.send(Bytes::from(chunk)).await.is_err() {
                 return;
             }
@@ -531,6 +560,9 @@ pub async fn replay_client(
             reason: "expected http://HOST:PORT".into(),
         });
     }
+    if !(opts.speed == 0.0 || (opts.speed.is_finite() && opts.speed >= MIN_SPEED)) {
+        return Err(ReplayError::BadSpeed(opts.speed));
+    }
     let planned = plan(entries, &opts.headers);
     if planned.is_empty() {
         return Err(ReplayError::Empty);
@@ -541,13 +573,13 @@ pub async fn replay_client(
     for p in planned {
         let client = client.clone();
         let wait = if opts.speed > 0.0 {
-            p.at.div_f64(opts.speed)
+            wait_of(p.at.as_secs_f64() / opts.speed)
         } else {
             Duration::ZERO
         };
         let url = format!("{}{}", opts.proxy_url.trim_end_matches('/'), p.path);
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start + wait).await;
+            tokio::time::sleep_until(after(start, wait)).await;
             let mut req = Request::builder().method(p.method.clone()).uri(&url);
             if let Some(h) = req.headers_mut() {
                 *h = p.headers.clone();
@@ -624,4 +656,78 @@ pub async fn replay_client(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Meta, MetaValue};
+
+    fn entry(ts: f64, seq: u64, dir: Direction, rid: &str, data: &str) -> Entry {
+        let mut meta = Meta::default();
+        meta.set("sid", MetaValue::Text("s".into()));
+        meta.set("rid", MetaValue::Text(rid.into()));
+        Entry {
+            ts,
+            dir,
+            seq,
+            data: data.as_bytes().to_vec(),
+            meta,
+        }
+    }
+
+    const REQ: &str = "POST /v1/chat/completions HTTP/1.1\r\n\r\n{}";
+
+    #[test]
+    fn identical_backend_requests_are_answered_in_capture_order() {
+        // r1 at t=1 got a slow 200; r2 at t=10 got a fast 500.
+        let entries = vec![
+            entry(1.0, 1, Direction::ProxyToBackend, "r1", REQ),
+            entry(
+                6.0,
+                2,
+                Direction::BackendToProxy,
+                "r1",
+                "HTTP/1.1 200 OK\r\n\r\nok",
+            ),
+            entry(10.0, 3, Direction::ProxyToBackend, "r2", REQ),
+            entry(
+                10.1,
+                4,
+                Direction::BackendToProxy,
+                "r2",
+                "HTTP/1.1 500 Error\r\n\r\nno",
+            ),
+        ];
+        let scripts = backend_scripts(&entries);
+        let statuses: Vec<u16> = scripts.iter().map(|s| s.response.status).collect();
+        assert_eq!(statuses, [200, 500]);
+        let scripts = Mutex::new(scripts);
+        let first = pick(&scripts, "POST", "/v1/chat/completions", b"{}").unwrap();
+        let second = pick(&scripts, "POST", "/v1/chat/completions", b"{}").unwrap();
+        assert_eq!((first.status, second.status), (200, 500));
+    }
+
+    #[test]
+    fn absurd_timestamps_clamp_instead_of_panicking() {
+        assert_eq!(offset(0.0, 1e300), MAX_WAIT);
+        assert_eq!(offset(0.0, f64::INFINITY), MAX_WAIT);
+        assert_eq!(offset(0.0, f64::NEG_INFINITY), Duration::ZERO);
+        assert_eq!(offset(f64::NEG_INFINITY, 0.0), MAX_WAIT);
+        assert_eq!(offset(0.0, f64::NAN), Duration::ZERO);
+        assert_eq!(wait_of(1.0 / 1e-30), MAX_WAIT);
+        let now = Instant::now();
+        assert!(after(now, Duration::MAX) >= now);
+        let entries = vec![
+            entry(1e300, 1, Direction::ProxyToBackend, "r1", REQ),
+            entry(
+                f64::NEG_INFINITY,
+                2,
+                Direction::BackendToProxy,
+                "r1",
+                "HTTP/1.1 200 OK\r\n\r\nok",
+            ),
+        ];
+        assert_eq!(backend_scripts(&entries).len(), 1);
+    }
 }
