@@ -656,3 +656,70 @@ fn absurd_timestamps_and_flags_are_errors_not_panics() {
     );
     drop(backend);
 }
+
+#[test]
+fn filters_do_not_make_answered_requests_look_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clean.cbor");
+    let mut b = Builder::new();
+    clean(&mut b);
+    b.write(&file);
+    let f = file.to_str().unwrap();
+    let (code, out, err) = run(
+        &[
+            "inspect",
+            f,
+            "--detect-issues",
+            "--direction",
+            "client_request",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("No issues detected"), "{out}");
+    // A window that ends between the request and its answer.
+    let until = format!("{}", T + 0.2);
+    let (code, out, err) = run(
+        &["inspect", f, "--detect-issues", "--until", &until],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("No issues detected"), "{out}");
+
+    // Real issues are still reported through a filter, but only for the
+    // requests it selects.
+    let file = dir.path().join("troubled.cbor");
+    troubled().write(&file);
+    let f = file.to_str().unwrap();
+    let (all_code, all, _) = run(&["inspect", f, "--detect-issues", "--json"], dir.path());
+    let (dir_code, filtered, _) = run(
+        &[
+            "inspect",
+            f,
+            "--detect-issues",
+            "--json",
+            "--direction",
+            "client_request",
+        ],
+        dir.path(),
+    );
+    assert_eq!((all_code, dir_code), (1, 1));
+    let count = |s: &str| -> usize {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        v["issues"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(count(&all), count(&filtered), "{filtered}");
+    let (code, none, _) = run(
+        &[
+            "inspect",
+            f,
+            "--detect-issues",
+            "--json",
+            "--session",
+            "no-such-session",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(count(&none), 0);
+}

@@ -775,8 +775,15 @@ fn preview(data: &[u8], max: usize) -> String {
 /// The report for `loaded` and whether `--detect-issues` found any.
 pub fn report(loaded: &Loaded, opts: &InspectOptions) -> (String, bool) {
     let entries = apply_filter(loaded.entries.clone(), &opts.filter);
+    // Detect on whole exchanges (a direction filter or a window edge must
+    // not make answered requests look unanswered), then keep the issues of
+    // the requests the filter selects.
     let issues = if opts.detect_issues {
-        detect_issues(&entries, opts.slow_threshold)
+        let selected: BTreeSet<&str> = entries.iter().map(Entry::rid).collect();
+        detect_issues(&loaded.entries, opts.slow_threshold)
+            .into_iter()
+            .filter(|i| selected.contains(i.rid.as_str()))
+            .collect()
     } else {
         Vec::new()
     };
