@@ -134,7 +134,8 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, drains, then runs subsystem
-    /// shutdown hooks: usage records still queued are built and written.
+    /// shutdown hooks: the wire capture is flushed and fsynced, then usage
+    /// records still queued are built and written.
     /// Health probes stop and health event streams end as the drain begins.
     pub async fn run(
         self,
@@ -154,14 +155,8 @@ impl App {
                 stop_health.stop();
             })
             .await;
-        health.shutdown().await;
-        if let Some(tracker) = usage {
-            match tokio::task::spawn_blocking(move || tracker.shutdown()).await {
-                Ok(Ok(count)) => tracing::info!(records = count, "usage records flushed"),
-                Ok(Err(e)) => tracing::error!(error = %e, "usage flush on shutdown failed"),
-                Err(e) => tracing::error!(error = %e, "usage flush on shutdown panicked"),
-            }
-        }
+        // Capture first: its flush + fsync is quick, while usage shutdown
+        // (a database) can take long enough for a supervisor's SIGKILL.
         if let Some(capture) = capture {
             match tokio::task::spawn_blocking(move || capture.shutdown()).await {
                 Ok(stats) => tracing::info!(
@@ -171,6 +166,14 @@ impl App {
                     "wire capture flushed"
                 ),
                 Err(e) => tracing::error!(error = %e, "wire capture flush on shutdown panicked"),
+            }
+        }
+        health.shutdown().await;
+        if let Some(tracker) = usage {
+            match tokio::task::spawn_blocking(move || tracker.shutdown()).await {
+                Ok(Ok(count)) => tracing::info!(records = count, "usage records flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "usage flush on shutdown failed"),
+                Err(e) => tracing::error!(error = %e, "usage flush on shutdown panicked"),
             }
         }
         served?;

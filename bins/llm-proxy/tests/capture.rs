@@ -438,17 +438,8 @@ fn start(args: &[&str], ready_prefix: &str) -> Running {
 }
 
 /// Stops the process with SIGTERM and waits for it to exit.
-fn terminate(mut r: Running) {
-    let status = Command::new("kill")
-        .args(["-TERM", &r.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while r.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn terminate(r: Running) {
+    terminate_keep_logs(r);
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
@@ -722,4 +713,53 @@ fn filters_do_not_make_answered_requests_look_unanswered() {
     );
     assert_eq!(code, 0);
     assert_eq!(count(&none), 0);
+}
+
+#[test]
+fn capture_is_flushed_before_usage_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("captures");
+    let proxy = start(
+        &[
+            "--port",
+            "0",
+            "--wire-capture-enabled",
+            "--wire-capture-output-dir",
+            out_dir.to_str().unwrap(),
+        ],
+        "llm-proxy listening on http://",
+    );
+    let raw = http(proxy.addr, "POST", "/v1/chat/completions", &chat(0));
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let logs = terminate_keep_logs(proxy);
+    let at = |needle: &str| {
+        logs.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{}", logs.join("\n")))
+    };
+    assert!(
+        at("wire capture flushed") < at("usage records flushed"),
+        "{}",
+        logs.join("\n")
+    );
+}
+
+/// SIGTERM, wait for the exit, and return everything the process logged.
+fn terminate_keep_logs(r: Running) -> Vec<String> {
+    let mut r = r;
+    let status = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while r.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut logs = Vec::new();
+    while let Ok(line) = r.stderr.recv_timeout(Duration::from_secs(2)) {
+        logs.push(line);
+    }
+    logs
 }
