@@ -532,16 +532,7 @@ fn replay_cli_serves_a_capture_as_the_backend_and_compares() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("captures");
     // Capture a session with the zero-config mock backend.
-    let proxy = start(
-        &[
-            "--port",
-            "0",
-            "--wire-capture-enabled",
-            "--wire-capture-output-dir",
-            out_dir.to_str().unwrap(),
-        ],
-        "llm-proxy listening on http://",
-    );
+    let proxy = start_capturing(&out_dir);
     for i in 0..3 {
         let raw = http(proxy.addr, "POST", "/v1/chat/completions", &chat(i));
         assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
@@ -719,16 +710,7 @@ fn filters_do_not_make_answered_requests_look_unanswered() {
 fn capture_is_flushed_before_usage_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("captures");
-    let proxy = start(
-        &[
-            "--port",
-            "0",
-            "--wire-capture-enabled",
-            "--wire-capture-output-dir",
-            out_dir.to_str().unwrap(),
-        ],
-        "llm-proxy listening on http://",
-    );
+    let proxy = start_capturing(&out_dir);
     let raw = http(proxy.addr, "POST", "/v1/chat/completions", &chat(0));
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let logs = terminate_keep_logs(proxy);
@@ -742,6 +724,20 @@ fn capture_is_flushed_before_usage_shutdown() {
         "{}",
         logs.join("\n")
     );
+}
+
+/// The proxy with the mock backend, capturing to `out_dir`.
+fn start_capturing(out_dir: &Path) -> Running {
+    start(
+        &[
+            "--port",
+            "0",
+            "--wire-capture-enabled",
+            "--wire-capture-output-dir",
+            out_dir.to_str().unwrap(),
+        ],
+        "llm-proxy listening on http://",
+    )
 }
 
 /// SIGTERM, wait for the exit, and return everything the process logged.
