@@ -66,3 +66,21 @@ impl WireCaptureConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_budgets_are_rejected_by_key() {
+        let mut c = WireCaptureConfig::default();
+        assert!(c.validate().is_ok());
+        c.max_queue_bytes = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("wire_capture.max_queue_bytes"), "{e}");
+        c.max_queue_bytes = 1;
+        c.max_body_bytes = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("wire_capture.max_body_bytes"), "{e}");
+    }
+}
