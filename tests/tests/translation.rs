@@ -294,8 +294,9 @@ async fn raw_upstream(response: Vec<u8>) -> (String, tokio::task::JoinHandle<Str
                     .await;
                 continue;
             }
-            conn.write_all(&response).await.unwrap();
-            conn.flush().await.unwrap();
+            // The proxy may stop reading early (a cut-off stream).
+            let _ = conn.write_all(&response).await;
+            let _ = conn.flush().await;
             // The answer is read before the connection breaks.
             tokio::time::sleep(Duration::from_millis(300)).await;
             return String::from_utf8_lossy(&seen).into_owned();
@@ -383,4 +384,42 @@ async fn failover_counts_only_targets_the_request_can_be_translated_for() {
     proxy.stop().await;
     gpt.shutdown().await;
     claude.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_event_without_end_is_cut_off_with_an_error() {
+    // An OpenAI backend sends one "event" of 17 MiB with no newline.
+    let size = 17 * 1024 * 1024;
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\ndata: ",
+        size + 6
+    )
+    .into_bytes();
+    response.resize(response.len() + size, b'x');
+    let (url, upstream) = raw_upstream(response).await;
+    let mut c = base_config();
+    add_backend(&mut c, "gpt", BackendType::OpenAi, &url);
+    c.usage_tracking.flush_interval_seconds = 0.2;
+    let proxy = Proxy::start(c).await;
+    let r = post_stream(
+        &proxy.url("/v1/messages"),
+        &messages("gpt:m", "hi", true),
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.len() < 4096, "nothing of the event is passed on");
+    assert!(text.starts_with("event: error\n"), "{text}");
+    assert!(text.contains("exceeded 16 MiB"), "{text}");
+    let records = records(&proxy, "", 1).await;
+    assert_eq!(
+        records[0]["completion_outcome"], "incomplete",
+        "{:#}",
+        records[0]
+    );
+    assert_eq!(records[0]["incomplete_reason"], "backend_error");
+    upstream.await.unwrap();
+    proxy.stop().await;
 }

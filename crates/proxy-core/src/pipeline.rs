@@ -836,3 +836,79 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{BackendConfig, BackendType};
+
+    /// Refuses admission to `refused`; remembers every recorded outcome.
+    struct Refusing {
+        refused: &'static str,
+        outcomes: Mutex<Vec<String>>,
+    }
+
+    impl EndpointHealth for Refusing {
+        fn is_available(&self, _backend: &str) -> bool {
+            true
+        }
+        fn try_admit(&self, backend: &str) -> bool {
+            backend != self.refused
+        }
+        fn record_outcome(&self, backend: &str, _outcome: AttemptOutcome) {
+            self.outcomes.lock().unwrap().push(backend.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_target_is_still_tried_when_the_rest_cannot_translate() {
+        // Nothing listens here: an attempt on `a` fails to connect.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let mut config = RoutingConfig {
+            default_backend: "a".into(),
+            ..RoutingConfig::default()
+        };
+        config.upstream.connect_timeout_seconds = 2.0;
+        config.backends.insert(
+            "a".into(),
+            BackendConfig::new(BackendType::OpenAi).with_url(url.as_str()),
+        );
+        config.backends.insert(
+            "b".into(),
+            BackendConfig::new(BackendType::Anthropic).with_url(url.as_str()),
+        );
+        config
+            .failover_routes
+            .insert("m".into(), vec!["a:m".into(), "b:m".into()]);
+        let health = Arc::new(Refusing {
+            refused: "a",
+            outcomes: Mutex::new(Vec::new()),
+        });
+        let pipeline = Pipeline::new(config).unwrap().with_health(health.clone());
+        // `logprobs` cannot go to the Anthropic target `b`, so the refused
+        // `a` is the last target and is tried rather than skipped.
+        let body = r#"{"model":"m","logprobs":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let response = pipeline
+            .handle(ClientRequest {
+                frontend: Frontend::OpenAiChat,
+                method: Method::POST,
+                uri: Uri::from_static("/v1/chat/completions"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(body.as_bytes()),
+                client_addr: None,
+                proxy_user: None,
+                received: Instant::now(),
+                received_at: SystemTime::now(),
+            })
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            health.outcomes.lock().unwrap().iter().any(|b| b == "a"),
+            "a was attempted"
+        );
+    }
+}
