@@ -251,3 +251,175 @@ async fn streams_are_transcoded_event_by_event() {
     proxy.stop().await;
     up.shutdown().await;
 }
+
+/// An upstream on 127.0.0.1:0 for one POST: writes `response` as it is and,
+/// a moment later, drops the connection. Other requests (health probes) get
+/// an empty 200. Yields the POST's head and body.
+async fn raw_upstream(response: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 8192];
+            let complete = loop {
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break false;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length {
+                        break true;
+                    }
+                }
+            };
+            if !complete {
+                continue;
+            }
+            if !seen.starts_with(b"POST ") {
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                continue;
+            }
+            // The proxy may stop reading early (a cut-off stream).
+            let _ = conn.write_all(&response).await;
+            let _ = conn.flush().await;
+            // The answer is read before the connection breaks.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return String::from_utf8_lossy(&seen).into_owned();
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_after_its_finish_reason_ends_with_the_error() {
+    // An OpenAI backend sends its finish_reason, then the connection breaks
+    // before `[DONE]` (the chunked body never ends).
+    let chunk = "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n";
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    );
+    let (url, upstream) = raw_upstream(response.into_bytes()).await;
+    let mut c = base_config();
+    add_backend(&mut c, "gpt", BackendType::OpenAi, &url);
+    let proxy = Proxy::start(c).await;
+    // The Anthropic SDK adds `?beta=true`; it is not sent to an OpenAI backend.
+    let r = post_stream(
+        &proxy.url("/v1/messages?beta=true"),
+        &messages("gpt:m", "hi", true),
+        &[],
+        Duration::from_secs(10),
+    )
+    .await;
+    let text = r.text();
+    assert_eq!(r.status, 200, "{text}");
+    assert!(text.contains("text_delta"), "{text}");
+    let error = text.find("event: error").expect("an error event");
+    // SDKs stop reading at message_stop: the error must come first (and
+    // nothing claims the message ended normally).
+    assert!(
+        text.find("event: message_stop")
+            .is_none_or(|stop| stop > error),
+        "{text}"
+    );
+    assert!(!text.contains("message_stop"), "{text}");
+    let head = upstream.await.unwrap();
+    let request_line = head.lines().next().unwrap();
+    assert!(request_line.contains("/chat/completions "), "{head}");
+    assert!(!request_line.contains('?'), "{head}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_counts_only_targets_the_request_can_be_translated_for() {
+    // Route [gpt (answers 503), claude]: a chat request with `logprobs`
+    // cannot go to claude, so gpt is the last target and its 503 reaches the
+    // client as it is (not drained for a failover that cannot happen).
+    let gpt = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    gpt.set_defaults(llm_proxy_testkit::MockOptions {
+        fault: Some(llm_proxy_testkit::MockFault::Status(503)),
+        ..llm_proxy_testkit::MockOptions::default()
+    });
+    let claude = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    let mut c = base_config();
+    add_backend(&mut c, "gpt", BackendType::OpenAi, &gpt.base_url());
+    add_backend(&mut c, "claude", BackendType::Anthropic, &claude.base_url());
+    c.failover_routes
+        .insert("m".into(), vec!["gpt:echo".into(), "claude:echo".into()]);
+    let proxy = Proxy::start(c).await;
+    let body = serde_json::json!({"model": "m", "logprobs": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(&proxy.url("/v1/chat/completions"), &body.to_string(), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(gpt.requests().len(), 1);
+    assert!(claude.requests().is_empty());
+    // Without `logprobs` the same route fails over to claude.
+    let r = post(
+        &proxy.url("/v1/chat/completions"),
+        &chat("m", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(claude.requests().len(), 1);
+    proxy.stop().await;
+    gpt.shutdown().await;
+    claude.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_event_without_end_is_cut_off_with_an_error() {
+    // An OpenAI backend sends one "event" of 17 MiB with no newline.
+    let size = 17 * 1024 * 1024;
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\ndata: ",
+        size + 6
+    )
+    .into_bytes();
+    response.resize(response.len() + size, b'x');
+    let (url, upstream) = raw_upstream(response).await;
+    let mut c = base_config();
+    add_backend(&mut c, "gpt", BackendType::OpenAi, &url);
+    c.usage_tracking.flush_interval_seconds = 0.2;
+    let proxy = Proxy::start(c).await;
+    let r = post_stream(
+        &proxy.url("/v1/messages"),
+        &messages("gpt:m", "hi", true),
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.len() < 4096, "nothing of the event is passed on");
+    assert!(text.starts_with("event: error\n"), "{text}");
+    assert!(text.contains("exceeded 16 MiB"), "{text}");
+    let records = records(&proxy, "", 1).await;
+    assert_eq!(
+        records[0]["completion_outcome"], "incomplete",
+        "{:#}",
+        records[0]
+    );
+    assert_eq!(records[0]["incomplete_reason"], "backend_error");
+    upstream.await.unwrap();
+    proxy.stop().await;
+}

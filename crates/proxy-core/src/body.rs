@@ -52,6 +52,23 @@ impl Stage {
             Stage::Replace(body) => body.take().unwrap_or_default(),
         }
     }
+
+    /// What is left when the upstream body fails: a transcoder closes
+    /// nothing, so the error event that follows is the stream's last word.
+    fn abort(&mut self) -> Bytes {
+        match self {
+            Stage::Transcode(t) => t.abort(),
+            _ => self.finish(),
+        }
+    }
+
+    /// Why the stage ended the stream itself (its error event already sent).
+    fn failure(&self) -> Option<String> {
+        match self {
+            Stage::Transcode(t) => t.failure().map(str::to_owned),
+            _ => None,
+        }
+    }
 }
 
 /// Status recorded when the client went away before a response head existed
@@ -296,6 +313,25 @@ impl ProxyBody {
         }
     }
 
+    /// The stage gave up on the upstream stream (`why`): the exchange ends
+    /// as an incomplete backend error.
+    fn fail_by_stage(&mut self, why: String, at: Instant) {
+        tracing::warn!(error = %why, "translated stream ended early");
+        if let Some(t) = self.tracker.as_mut() {
+            if let Some(attempt) = &t.served_by {
+                let err = UpstreamError::new(
+                    attempt.backend.to_string(),
+                    crate::error::UpstreamErrorKind::Protocol,
+                    why.clone(),
+                );
+                t.observers
+                    .on_backend_response_end(&t.ctx, attempt, Some(&err), at);
+            }
+            t.error = Some(why);
+        }
+        self.finish(Completion::Incomplete(IncompleteReason::BackendError), at);
+    }
+
     /// What the stage still holds back (an unterminated last event, a translated body).
     fn held_back(&mut self) -> Bytes {
         self.stage.as_mut().map(Stage::finish).unwrap_or_default()
@@ -345,6 +381,12 @@ impl Body for ProxyBody {
                                 Some(s) => s.push(&data),
                                 None => data,
                             };
+                            if let Some(why) = this.stage.as_ref().and_then(Stage::failure) {
+                                // The stage ended the answer with an error event.
+                                this.sent_to_client(&out, now);
+                                this.fail_by_stage(why, now);
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
                             if this.inner.is_end_stream() {
                                 let rest = this.held_back();
                                 if !rest.is_empty() {
@@ -384,7 +426,8 @@ impl Body for ProxyBody {
                     };
                     let mut event = None;
                     if this.sse {
-                        let mut out = BytesMut::from(&this.held_back()[..]);
+                        let held = this.stage.as_mut().map(Stage::abort).unwrap_or_default();
+                        let mut out = BytesMut::from(&held[..]);
                         if let Some(t) = &this.tracker {
                             let message = format!("upstream stream failed: {err}");
                             out.extend_from_slice(

@@ -25,7 +25,7 @@ use crate::request::RequestFacts;
 use crate::rewrite::{RewriteRequest, RouteRewriter};
 use crate::routing::{RoutePlan, Router, Target};
 use crate::telemetry;
-use crate::translate::{TranslateError, Translation};
+use crate::translate::{PreparedRequest, TranslateError, Translation};
 
 /// An attempt whose outcome health has not been told yet; dropping it while
 /// `pending` (the client went away mid-attempt) reports `ClientGone`.
@@ -203,34 +203,23 @@ impl Pipeline {
             Ok(p) => p,
             Err(e) => return error_response(tracker, &e),
         };
+        let (plan, mut prepared) = match self.translatable(&request, plan) {
+            Ok(p) => p,
+            Err(e) => return error_response(tracker, &ProxyError::BadRequest(e.to_string())),
+        };
         let mut last_error: Option<UpstreamError> = None;
-        let mut untranslatable: Option<TranslateError> = None;
         let count = plan.len();
-        for (index, (target, replaced)) in plan.into_iter().enumerate() {
+        for (index, (target, replaced, backend, translation)) in plan.into_iter().enumerate() {
             let has_next = index + 1 < count;
-            let Some(backend) = self.backends.get(&target.backend) else {
-                continue;
-            };
-            // Cross-protocol targets get the request translated (plan() kept
-            // only targets that have a translation).
-            let translation = Translation::between(request.frontend, backend.backend_type())
-                .ok()
-                .flatten();
-            let translated = match translation {
-                None => None,
-                Some(tr) => match tr.request(&request.body, &target.model) {
-                    Ok(body) => Some(body),
-                    Err(e) => {
-                        tracing::debug!(backend = %target.backend, error = %e, "request cannot be translated for this target");
-                        untranslatable.get_or_insert(e);
-                        continue;
-                    }
-                },
-            };
             if !self.health.try_admit(&target.backend) && has_next {
                 tracing::debug!(backend = %target.backend, "backend refused admission; trying next target");
                 continue;
             }
+            let backend_stream_usage = self
+                .config
+                .backends
+                .get(&*target.backend)
+                .is_some_and(|b| b.request_stream_usage);
             // Reports `ClientGone` if this future is dropped before the
             // attempt's outcome is recorded, so a half-open probe slot taken
             // by `try_admit` is always given back.
@@ -239,16 +228,26 @@ impl Pipeline {
                 backend: &target.backend,
                 pending: true,
             };
+            // Cross-protocol targets get the request translated, written for
+            // this target only once admission let it through.
+            let translated = match (translation, prepared.as_mut()) {
+                (Some(_), Some(p)) => match p.body_for(&target.model, backend_stream_usage) {
+                    Ok(body) => Some(body),
+                    Err(e) => {
+                        // Encoding typed data does not fail; were it to, the
+                        // target is skipped (dropping `admission` gives its slot back).
+                        tracing::warn!(backend = %target.backend, error = %e, "cannot encode the translated request");
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             tracker.attempts += 1;
             let request_usage = request.frontend == Frontend::OpenAiChat
                 && translation.is_none()
                 && facts.stream
                 && !facts.include_usage
-                && self
-                    .config
-                    .backends
-                    .get(&*target.backend)
-                    .is_some_and(|b| b.request_stream_usage);
+                && backend_stream_usage;
             let attempt = AttemptInfo {
                 attempt: tracker.attempts,
                 backend: target.backend.clone(),
@@ -265,7 +264,13 @@ impl Pipeline {
             backend.authorize(&mut headers);
             let backend_request = BackendRequest {
                 frontend: translation.map_or(request.frontend, Translation::backend),
-                query: request.uri.query().map(str::to_owned),
+                // A query string belongs to the client's protocol (the
+                // Anthropic SDK's `?beta=true`): not sent across protocols.
+                query: if translation.is_some() {
+                    None
+                } else {
+                    request.uri.query().map(str::to_owned)
+                },
                 headers,
                 body: match translated {
                     Some(body) => body,
@@ -394,14 +399,55 @@ impl Pipeline {
                 }
             }
         }
-        let err = match (last_error, untranslatable) {
-            (Some(e), _) => ProxyError::Upstream(e),
-            (None, Some(e)) => ProxyError::BadRequest(e.to_string()),
-            (None, None) => {
-                ProxyError::BadRequest("no backend could be tried for this model".into())
-            }
+        let err = match last_error {
+            Some(e) => ProxyError::Upstream(e),
+            None => ProxyError::BadRequest("no backend could be tried for this model".into()),
         };
         error_response(tracker, &err)
+    }
+
+    /// The plan without the targets this request cannot be translated for,
+    /// each with its backend and translation, plus the request converted
+    /// once for the cross-protocol targets. Deciding this before the first
+    /// attempt keeps failover honest: "is there a next target" counts only
+    /// targets that will be tried. When none is left, the first refusal.
+    #[expect(clippy::type_complexity, reason = "a private plan tuple")]
+    fn translatable(
+        &self,
+        request: &ClientRequest,
+        plan: Vec<(Target, bool)>,
+    ) -> Result<
+        (
+            Vec<(Target, bool, &Arc<dyn Backend>, Option<Translation>)>,
+            Option<PreparedRequest>,
+        ),
+        TranslateError,
+    > {
+        let mut prepared: Option<Result<PreparedRequest, TranslateError>> = None;
+        let mut kept = Vec::with_capacity(plan.len());
+        for (target, replaced) in plan {
+            let Some(backend) = self.backends.get(&target.backend) else {
+                continue;
+            };
+            // plan() kept only targets that have a translation.
+            let translation = Translation::between(request.frontend, backend.backend_type())
+                .ok()
+                .flatten();
+            if let Some(tr) = translation {
+                // A client protocol has one cross-protocol direction: converted once.
+                let p = prepared.get_or_insert_with(|| tr.prepare(&request.body));
+                if let Err(e) = p {
+                    tracing::debug!(backend = %target.backend, error = %e, "request cannot be translated for this target");
+                    continue;
+                }
+            }
+            kept.push((target, replaced, backend, translation));
+        }
+        match prepared {
+            Some(Err(e)) if kept.is_empty() => Err(e),
+            Some(Ok(p)) => Ok((kept, Some(p))),
+            _ => Ok((kept, None)),
+        }
     }
 
     /// The ordered targets for a request, each flagged when a rewriter chose it.
@@ -789,4 +835,80 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{BackendConfig, BackendType};
+
+    /// Refuses admission to `refused`; remembers every recorded outcome.
+    struct Refusing {
+        refused: &'static str,
+        outcomes: Mutex<Vec<String>>,
+    }
+
+    impl EndpointHealth for Refusing {
+        fn is_available(&self, _backend: &str) -> bool {
+            true
+        }
+        fn try_admit(&self, backend: &str) -> bool {
+            backend != self.refused
+        }
+        fn record_outcome(&self, backend: &str, _outcome: AttemptOutcome) {
+            self.outcomes.lock().unwrap().push(backend.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_target_is_still_tried_when_the_rest_cannot_translate() {
+        // Nothing listens here: an attempt on `a` fails to connect.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let mut config = RoutingConfig {
+            default_backend: "a".into(),
+            ..RoutingConfig::default()
+        };
+        config.upstream.connect_timeout_seconds = 2.0;
+        config.backends.insert(
+            "a".into(),
+            BackendConfig::new(BackendType::OpenAi).with_url(url.as_str()),
+        );
+        config.backends.insert(
+            "b".into(),
+            BackendConfig::new(BackendType::Anthropic).with_url(url.as_str()),
+        );
+        config
+            .failover_routes
+            .insert("m".into(), vec!["a:m".into(), "b:m".into()]);
+        let health = Arc::new(Refusing {
+            refused: "a",
+            outcomes: Mutex::new(Vec::new()),
+        });
+        let pipeline = Pipeline::new(config).unwrap().with_health(health.clone());
+        // `logprobs` cannot go to the Anthropic target `b`, so the refused
+        // `a` is the last target and is tried rather than skipped.
+        let body = r#"{"model":"m","logprobs":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let response = pipeline
+            .handle(ClientRequest {
+                frontend: Frontend::OpenAiChat,
+                method: Method::POST,
+                uri: Uri::from_static("/v1/chat/completions"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(body.as_bytes()),
+                client_addr: None,
+                proxy_user: None,
+                received: Instant::now(),
+                received_at: SystemTime::now(),
+            })
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(
+            health.outcomes.lock().unwrap().iter().any(|b| b == "a"),
+            "a was attempted"
+        );
+    }
 }

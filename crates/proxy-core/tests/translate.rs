@@ -336,7 +336,7 @@ proptest! {
         prop_assert_eq!(&a["stop_sequences"], &json!(["END"]));
         prop_assert_eq!(&a["metadata"]["user_id"], "u-1");
         prop_assert_eq!(&a["max_tokens"], 8192);
-        let back = anthropic_to_chat(&anthropic, "gpt-4o").unwrap();
+        let back = anthropic_to_chat(&anthropic, "gpt-4o", true).unwrap();
         let back: Value = serde_json::from_slice(&back).unwrap();
         prop_assert_eq!(canon_chat(&back), original);
         prop_assert_eq!(&back["stop"], &json!(["END"]));
@@ -349,7 +349,7 @@ proptest! {
         // Anthropic requests are generated via the (checked) first translation.
         let anthropic = chat_to_anthropic(req.to_string().as_bytes(), "claude-x").unwrap();
         let original = canon_anthropic(std::str::from_utf8(&anthropic).unwrap());
-        let chat = anthropic_to_chat(&anthropic, "gpt-4o").unwrap();
+        let chat = anthropic_to_chat(&anthropic, "gpt-4o", true).unwrap();
         prop_assert_eq!(&canon_chat(&serde_json::from_slice(&chat).unwrap()), &original);
         let again = chat_to_anthropic(&chat, "claude-x").unwrap();
         prop_assert_eq!(canon_anthropic(std::str::from_utf8(&again).unwrap()), original);

@@ -94,11 +94,40 @@ impl Translation {
     }
 
     /// The client's request body in the backend's protocol, for `model`.
-    pub fn request(self, body: &[u8], model: &str) -> Result<Bytes, TranslateError> {
-        match self {
-            Translation::ChatToAnthropic => request::chat_to_anthropic(body, model),
-            Translation::AnthropicToChat => request::anthropic_to_chat(body, model),
-        }
+    /// `stream_usage`: an OpenAI-type backend is asked for a streamed usage
+    /// chunk (`stream_options.include_usage`).
+    pub fn request(
+        self,
+        body: &[u8],
+        model: &str,
+        stream_usage: bool,
+    ) -> Result<Bytes, TranslateError> {
+        self.prepare(body)?.body_for(model, stream_usage)
+    }
+
+    /// Converts the client's request once; [`PreparedRequest::body_for`]
+    /// then writes it for each target. Fails when the request cannot be
+    /// translated (whatever the target), so the pipeline can tell before
+    /// trying any target.
+    pub fn prepare(self, body: &[u8]) -> Result<PreparedRequest, TranslateError> {
+        Ok(match self {
+            Translation::ChatToAnthropic => {
+                let req: types::ChatRequest = serde_json::from_slice(body).map_err(|e| {
+                    TranslateError::Invalid(format!("invalid OpenAI chat request: {e}"))
+                })?;
+                let client_max_tokens = req.max_completion_tokens.or(req.max_tokens);
+                PreparedRequest::Messages {
+                    request: request::chat_request_to_anthropic(req, "")?,
+                    client_max_tokens,
+                }
+            }
+            Translation::AnthropicToChat => {
+                let req: types::MessagesRequest = serde_json::from_slice(body).map_err(|e| {
+                    TranslateError::Invalid(format!("invalid Anthropic messages request: {e}"))
+                })?;
+                PreparedRequest::Chat(request::anthropic_request_to_chat(req, "", false)?)
+            }
+        })
     }
 
     /// A complete (non-streaming, successful) backend answer in the client's protocol.
@@ -124,6 +153,43 @@ impl Translation {
     }
 }
 
+/// A translated request waiting for its target (see [`Translation::prepare`]).
+#[derive(Debug)]
+pub enum PreparedRequest {
+    /// For an Anthropic backend.
+    Messages {
+        /// The translated request (model and `max_tokens` set per target).
+        request: types::MessagesRequest,
+        /// The output limit the client gave, if any.
+        client_max_tokens: Option<u64>,
+    },
+    /// For an OpenAI-type backend.
+    Chat(types::ChatRequest),
+}
+
+impl PreparedRequest {
+    /// The body for a target serving `model`; `stream_usage` as in
+    /// [`Translation::request`].
+    pub fn body_for(&mut self, model: &str, stream_usage: bool) -> Result<Bytes, TranslateError> {
+        match self {
+            PreparedRequest::Messages {
+                request,
+                client_max_tokens,
+            } => {
+                model.clone_into(&mut request.model);
+                request.max_tokens =
+                    Some(client_max_tokens.unwrap_or_else(|| default_max_tokens(model)));
+                request::to_bytes(request)
+            }
+            PreparedRequest::Chat(request) => {
+                model.clone_into(&mut request.model);
+                request.stream_options = request::stream_options(request.stream, stream_usage);
+                request::to_bytes(request)
+            }
+        }
+    }
+}
+
 fn protocol_name(backend_type: BackendType) -> &'static str {
     match backend_type {
         BackendType::Anthropic => "Anthropic messages",
@@ -133,14 +199,22 @@ fn protocol_name(backend_type: BackendType) -> &'static str {
 }
 
 /// The `max_tokens` sent to an Anthropic backend when an OpenAI client gives
-/// none (Anthropic requires it): 4096 for the Claude 3 (3.0) family, whose
-/// output limit it is, else 8192.
+/// none (Anthropic requires it): 4096 for the Claude 3 (3.0), Claude 2 and
+/// Claude Instant families, whose output limit it is, else 8192. The family
+/// may appear anywhere in the id (`anthropic.claude-3-haiku-…-v1:0`,
+/// `anthropic/claude-3-haiku`).
 pub fn default_max_tokens(model: &str) -> u64 {
     let m = model.to_ascii_lowercase();
-    let claude3 = ["claude-3-haiku", "claude-3-sonnet", "claude-3-opus"]
-        .iter()
-        .any(|p| m.starts_with(p));
-    if claude3 { 4096 } else { 8192 }
+    let small = [
+        "claude-3-haiku",
+        "claude-3-sonnet",
+        "claude-3-opus",
+        "claude-2",
+        "claude-instant",
+    ]
+    .iter()
+    .any(|p| m.contains(p));
+    if small { 4096 } else { 8192 }
 }
 
 #[cfg(test)]
@@ -173,5 +247,16 @@ mod tests {
         assert_eq!(default_max_tokens("claude-3-haiku-20240307"), 4096);
         assert_eq!(default_max_tokens("claude-3-5-sonnet-latest"), 8192);
         assert_eq!(default_max_tokens("claude-sonnet-4-5"), 8192);
+        assert_eq!(
+            default_max_tokens("anthropic.claude-3-haiku-20240307-v1:0"),
+            4096
+        );
+        assert_eq!(default_max_tokens("anthropic/claude-3-haiku"), 4096);
+        assert_eq!(default_max_tokens("claude-2.1"), 4096);
+        assert_eq!(default_max_tokens("claude-instant-1.2"), 4096);
+        assert_eq!(
+            default_max_tokens("anthropic.claude-3-5-sonnet-20240620-v1:0"),
+            8192
+        );
     }
 }

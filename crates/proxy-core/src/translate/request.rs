@@ -33,7 +33,7 @@ fn unsupported(feature: impl Into<String>, from: &'static str, to: &'static str)
     }
 }
 
-fn to_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, TranslateError> {
+pub(crate) fn to_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, TranslateError> {
     serde_json::to_vec(v)
         .map(Bytes::from)
         .map_err(|e| TranslateError::Invalid(format!("cannot encode the translated request: {e}")))
@@ -205,7 +205,7 @@ pub fn chat_request_to_anthropic(
                         kind: "tool_use".into(),
                         id: Some(call.id),
                         name: Some(call.function.name),
-                        input: Some(arguments_to_input(&call.function.arguments)?),
+                        input: Some(arguments_to_input(&call.function.arguments)),
                         ..Block::default()
                     });
                 }
@@ -364,27 +364,33 @@ fn image_source(url: &str) -> Result<ImageSource, TranslateError> {
     })
 }
 
-/// OpenAI arguments (JSON text) → Anthropic input (a JSON object), exact bytes.
-fn arguments_to_input(arguments: &str) -> Result<Raw, TranslateError> {
-    if arguments.trim().is_empty() {
-        return Ok(empty_object());
-    }
-    serde_json::value::RawValue::from_string(arguments.to_owned()).map_err(|e| {
-        TranslateError::Invalid(format!("tool call arguments are not valid JSON: {e}"))
-    })
-}
-
-/// An Anthropic messages request body as an OpenAI chat request for `model`.
-pub fn anthropic_to_chat(body: &[u8], model: &str) -> Result<Bytes, TranslateError> {
+/// An Anthropic messages request body as an OpenAI chat request for
+/// `model`. `stream_usage`: a streamed request asks the backend for a usage
+/// chunk (`stream_options.include_usage`); the backend's
+/// `request_stream_usage = false` turns it off.
+pub fn anthropic_to_chat(
+    body: &[u8],
+    model: &str,
+    stream_usage: bool,
+) -> Result<Bytes, TranslateError> {
     let req: MessagesRequest = serde_json::from_slice(body)
         .map_err(|e| TranslateError::Invalid(format!("invalid Anthropic messages request: {e}")))?;
-    to_bytes(&anthropic_request_to_chat(req, model)?)
+    to_bytes(&anthropic_request_to_chat(req, model, stream_usage)?)
+}
+
+/// `stream_options` of a translated OpenAI request: `include_usage` only for
+/// a stream whose backend may be asked for usage; otherwise none at all.
+pub(crate) fn stream_options(stream: bool, stream_usage: bool) -> Option<StreamOptions> {
+    (stream && stream_usage).then_some(StreamOptions {
+        include_usage: true,
+    })
 }
 
 /// The typed form of [`anthropic_to_chat`].
 pub fn anthropic_request_to_chat(
     req: MessagesRequest,
     model: &str,
+    stream_usage: bool,
 ) -> Result<ChatRequest, TranslateError> {
     let no = |feature: &str| Err(unsupported(feature, MESSAGES, CHAT));
     if req.top_k.is_some() {
@@ -510,9 +516,7 @@ pub fn anthropic_request_to_chat(
         model: model.to_owned(),
         messages,
         stream: req.stream,
-        stream_options: req.stream.then_some(StreamOptions {
-            include_usage: true,
-        }),
+        stream_options: stream_options(req.stream, stream_usage),
         max_tokens: req.max_tokens,
         temperature: req.temperature,
         top_p: req.top_p,
@@ -610,7 +614,7 @@ mod tests {
     }
 
     fn to_chat(req: Value) -> Result<Value, TranslateError> {
-        anthropic_to_chat(req.to_string().as_bytes(), "gpt-4o")
+        anthropic_to_chat(req.to_string().as_bytes(), "gpt-4o", true)
             .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
@@ -676,6 +680,63 @@ mod tests {
     }
 
     #[test]
+    fn stream_usage_is_not_asked_of_a_backend_that_declines_it() {
+        let req = json!({"model": "x", "max_tokens": 10, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let c: Value = serde_json::from_slice(
+            &anthropic_to_chat(req.to_string().as_bytes(), "gpt-4o", false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c["stream"], true);
+        assert!(c.get("stream_options").is_none(), "{c}");
+        // Through the per-target path the pipeline uses, too.
+        let tr = super::super::Translation::AnthropicToChat;
+        let mut prepared = tr.prepare(req.to_string().as_bytes()).unwrap();
+        let off: Value = serde_json::from_slice(&prepared.body_for("m1", false).unwrap()).unwrap();
+        assert!(off.get("stream_options").is_none(), "{off}");
+        let on: Value = serde_json::from_slice(&prepared.body_for("m2", true).unwrap()).unwrap();
+        assert_eq!(on["stream_options"], json!({"include_usage": true}));
+        assert_eq!(on["model"], "m2");
+    }
+
+    #[test]
+    fn prepared_requests_take_each_targets_model_and_default() {
+        let req = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let tr = super::super::Translation::ChatToAnthropic;
+        let mut prepared = tr.prepare(req.to_string().as_bytes()).unwrap();
+        let a: Value =
+            serde_json::from_slice(&prepared.body_for("claude-3-opus", true).unwrap()).unwrap();
+        assert_eq!(
+            (a["model"].as_str(), a["max_tokens"].as_u64()),
+            (Some("claude-3-opus"), Some(4096))
+        );
+        let b: Value =
+            serde_json::from_slice(&prepared.body_for("claude-sonnet-4-5", true).unwrap()).unwrap();
+        assert_eq!(b["max_tokens"], 8192);
+        let req = json!({"max_tokens": 7, "messages": [{"role": "user", "content": "hi"}]});
+        let mut prepared = tr.prepare(req.to_string().as_bytes()).unwrap();
+        let c: Value =
+            serde_json::from_slice(&prepared.body_for("claude-3-opus", true).unwrap()).unwrap();
+        assert_eq!(c["max_tokens"], 7);
+    }
+
+    #[test]
+    fn broken_tool_arguments_in_history_are_kept_as_raw_text() {
+        let a = to_anthropic(json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{\"city\": \"Pa"}},
+                {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "42"}},
+                {"id": "c3", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}))
+        .unwrap();
+        let blocks = &a["messages"][1]["content"];
+        assert_eq!(blocks[0]["input"], json!({"_raw": "{\"city\": \"Pa"}));
+        assert_eq!(blocks[1]["input"], json!({"_raw": "42"}));
+        assert_eq!(blocks[2]["input"], json!({"city": "Rome"}));
+    }
+
+    #[test]
     fn untranslatable_features_are_named() {
         let user = json!([{"role": "user", "content": "hi"}]);
         let err = |r: Result<Value, TranslateError>| r.unwrap_err().to_string();
@@ -705,6 +766,11 @@ mod tests {
             ))
             .contains("server tools of type `web_search_20250305`")
         );
+        // `"stream": null` is accepted (as no stream), as same-protocol does.
+        let a = to_anthropic(json!({"messages": user, "stream": null})).unwrap();
+        assert!(a.get("stream").is_none(), "{a}");
+        let c = to_chat(json!({"messages": user, "max_tokens": 5, "stream": null})).unwrap();
+        assert!(c.get("stream").is_none(), "{c}");
         // Same requests without the feature translate.
         assert!(to_anthropic(json!({"messages": user, "n": 1})).is_ok());
         assert!(to_chat(json!({"messages": user, "thinking": {"type": "disabled"}})).is_ok());

@@ -144,16 +144,7 @@ pub fn chat_to_anthropic(body: &[u8]) -> Result<Bytes, TranslateError> {
         });
     }
     for call in choice.message.tool_calls.unwrap_or_default() {
-        let args = call.function.arguments;
-        let input = if args.trim().is_empty() {
-            empty_object()
-        } else {
-            serde_json::value::RawValue::from_string(args).map_err(|e| {
-                TranslateError::Invalid(format!(
-                    "the backend sent tool arguments that are not JSON: {e}"
-                ))
-            })?
-        };
+        let input = arguments_to_input(&call.function.arguments);
         blocks.push(Block {
             kind: "tool_use".into(),
             id: Some(call.id),
@@ -262,6 +253,21 @@ mod tests {
         assert_eq!(v["usage"]["input_tokens"], 4);
         assert_eq!(v["usage"]["cache_read_input_tokens"], 8);
         assert_eq!(v["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn tool_arguments_that_are_not_an_object_are_kept_as_raw_text() {
+        // Truncated at max_tokens: the answer still translates, text preserved.
+        let body = br#"{"id":"c","model":"gpt","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"city\": \"Par"}},{"id":"call_2","type":"function","function":{"name":"g","arguments":"[1,2]"}},{"id":"call_3","type":"function","function":{"name":"h","arguments":"null"}},{"id":"call_4","type":"function","function":{"name":"k","arguments":" "}}]},"finish_reason":"length"}]}"#;
+        let v: Value = serde_json::from_slice(&chat_to_anthropic(body).unwrap()).unwrap();
+        assert_eq!(v["stop_reason"], "max_tokens");
+        assert_eq!(
+            v["content"][0]["input"],
+            json!({"_raw": r#"{"city": "Par"#})
+        );
+        assert_eq!(v["content"][1]["input"], json!({"_raw": "[1,2]"}));
+        assert_eq!(v["content"][2]["input"], json!({"_raw": "null"}));
+        assert_eq!(v["content"][3]["input"], json!({}));
     }
 
     #[test]

@@ -16,6 +16,11 @@ use super::response::{anthropic_usage, chat_usage, finish_reason, stop_reason, u
 use super::types::{AnthropicUsage, ChatUsage};
 use crate::protocol::Frontend;
 
+/// Most bytes of unfinished events held at once (the line being read plus
+/// the data of the event being built). A backend that goes past it (never
+/// sends a newline or a blank line) ends the stream with an error event.
+pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+
 /// Splits an SSE byte stream into `(event name, data)` pairs.
 #[derive(Debug, Default)]
 struct SseSplitter {
@@ -65,6 +70,11 @@ impl SseSplitter {
         }
     }
 
+    /// Bytes held for events not complete yet.
+    fn pending(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     fn finish(&mut self, out: &mut Vec<(Option<String>, String)>) {
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
@@ -79,6 +89,8 @@ impl SseSplitter {
 pub struct StreamTranscoder {
     splitter: SseSplitter,
     state: State,
+    /// Why the stream was ended early (the client got an error event).
+    failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -93,6 +105,7 @@ impl StreamTranscoder {
     pub fn anthropic_to_chat(include_usage: bool) -> StreamTranscoder {
         StreamTranscoder {
             splitter: SseSplitter::default(),
+            failure: None,
             state: State::AnthropicToChat(AnthropicToChat {
                 include_usage,
                 created: unix_now(),
@@ -105,23 +118,62 @@ impl StreamTranscoder {
     pub fn chat_to_anthropic() -> StreamTranscoder {
         StreamTranscoder {
             splitter: SseSplitter::default(),
+            failure: None,
             state: State::ChatToAnthropic(ChatToAnthropic::default()),
         }
     }
 
     /// Feeds backend bytes; returns the client bytes ready now (maybe empty).
+    /// Past [`MAX_PENDING_BYTES`] of unfinished events the answer ends with
+    /// an error event in the client's protocol and [`Self::failure`] says why.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        if self.failure.is_some() {
+            return Bytes::new();
+        }
         let mut events = Vec::new();
         self.splitter.push(chunk, &mut events);
-        self.translate(events, false)
+        let out = self.translate(events, false);
+        if self.splitter.pending() <= MAX_PENDING_BYTES {
+            return out;
+        }
+        let message = format!(
+            "backend stream error: an event exceeded {} MiB without ending",
+            MAX_PENDING_BYTES / (1024 * 1024)
+        );
+        tracing::debug!(pending = self.splitter.pending(), "{message}");
+        self.splitter = SseSplitter::default();
+        let client = match self.state {
+            State::AnthropicToChat(_) => Frontend::OpenAiChat,
+            State::ChatToAnthropic(_) => Frontend::AnthropicMessages,
+        };
+        let mut out = BytesMut::from(&out[..]);
+        out.extend_from_slice(&client.stream_error_event(502, &message));
+        self.failure = Some(message);
+        out.freeze()
+    }
+
+    /// Why the transcoder ended the stream early, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// The backend stream ended: translates what is left and closes the
     /// answer if the backend finished it without its terminal event.
     pub fn finish(&mut self) -> Bytes {
+        if self.failure.is_some() {
+            return Bytes::new();
+        }
         let mut events = Vec::new();
         self.splitter.finish(&mut events);
         self.translate(events, true)
+    }
+
+    /// The backend stream broke off: drops the unfinished event and closes
+    /// nothing, so the error event the caller sends next is not preceded by
+    /// a terminal event (`message_stop`, `[DONE]`) that clients stop at.
+    pub fn abort(&mut self) -> Bytes {
+        self.splitter = SseSplitter::default();
+        Bytes::new()
     }
 
     fn translate(&mut self, events: Vec<(Option<String>, String)>, end: bool) -> Bytes {
@@ -580,5 +632,61 @@ impl ChatToAnthropic {
         );
         sse_event(out, "message_stop", &json!({"type": "message_stop"}));
         self.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_without_newlines_is_cut_off_at_the_cap() {
+        for (mut t, error_marker) in [
+            (StreamTranscoder::chat_to_anthropic(), "event: error"),
+            (
+                StreamTranscoder::anthropic_to_chat(false),
+                "data: {\"error\"",
+            ),
+        ] {
+            let mb = vec![b'x'; 1024 * 1024];
+            let mut out = Vec::new();
+            let mut pushes = 0;
+            while t.failure().is_none() && pushes < 20 {
+                out.extend_from_slice(&t.push(&mb));
+                pushes += 1;
+            }
+            assert_eq!(pushes, 17, "cut off just past 16 MiB");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(error_marker), "{text}");
+            assert!(text.contains("exceeded 16 MiB"), "{text}");
+            assert!(t.failure().unwrap().contains("16 MiB"));
+            // Nothing is held or sent after that.
+            assert!(t.splitter.pending() == 0);
+            assert!(t.push(b"\n\ndata: [DONE]\n\n").is_empty());
+            assert!(t.finish().is_empty());
+        }
+        // Many data lines of one never-ending event count too.
+        let mut t = StreamTranscoder::chat_to_anthropic();
+        let line = [
+            vec![b'd', b'a', b't', b'a', b':'],
+            vec![b'y'; 1024 * 1024],
+            vec![b'\n'],
+        ]
+        .concat();
+        for _ in 0..17 {
+            t.push(&line);
+        }
+        assert!(t.failure().is_some());
+    }
+
+    #[test]
+    fn abort_after_the_finish_reason_closes_nothing() {
+        let mut t = StreamTranscoder::chat_to_anthropic();
+        let out = t.push(
+            b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n",
+        );
+        assert!(std::str::from_utf8(&out).unwrap().contains("text_delta"));
+        let rest = t.abort();
+        assert!(rest.is_empty(), "{rest:?}");
     }
 }

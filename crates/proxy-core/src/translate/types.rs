@@ -21,8 +21,12 @@ pub struct ChatRequest {
     /// The conversation.
     #[serde(default)]
     pub messages: Vec<ChatMessage>,
-    /// Streamed answer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Streamed answer (`null` means no).
+    #[serde(
+        default,
+        deserialize_with = "null_as_false",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub stream: bool,
     /// Stream options (`include_usage`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -288,8 +292,12 @@ pub struct MessagesRequest {
     /// Top-k sampling (not translatable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u64>,
-    /// Streamed answer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Streamed answer (`null` means no).
+    #[serde(
+        default,
+        deserialize_with = "null_as_false",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub stream: bool,
     /// Tool definitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -470,6 +478,33 @@ pub fn read_content<T: serde::de::DeserializeOwned>(
 /// A JSON value serialized as raw bytes (never fails for plain data).
 pub fn raw<T: Serialize>(value: &T) -> Raw {
     serde_json::value::to_raw_value(value).unwrap_or_else(|_| empty_object())
+}
+
+/// OpenAI tool-call `arguments` (JSON text) as an Anthropic `input`, which
+/// must be a JSON object. An object crosses byte for byte; empty text is `{}`;
+/// anything else (truncated at `max_tokens`, a bare value, not JSON at all) is
+/// kept as `{"_raw": "<text>"}`, so the call is never refused or lost.
+pub fn arguments_to_input(arguments: &str) -> Raw {
+    let trimmed = arguments.trim();
+    if trimmed.is_empty() {
+        return empty_object();
+    }
+    if trimmed.starts_with('{')
+        && let Ok(input) = RawValue::from_string(trimmed.to_owned())
+    {
+        return input;
+    }
+    tracing::debug!(
+        len = arguments.len(),
+        "tool call arguments are not a JSON object; sent as {{\"_raw\": text}}"
+    );
+    raw(&serde_json::json!({ "_raw": arguments }))
+}
+
+/// A boolean that may be `null` (read as `false`), as the protocols' own
+/// servers accept it.
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 /// `{}`.
