@@ -380,38 +380,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spill.jsonl");
         let records = synthetic_records(600, 1_767_608_243_456_000, 3_600_000_000, 6);
-        let one = serde_json::to_vec(&records[0]).unwrap().len() as u64 + 1;
-        // Room for about 300 records.
-        let max = one * 300 + one / 2;
+        let size = |a: usize, b: usize| -> u64 {
+            records[a..b]
+                .iter()
+                .map(|r| serde_json::to_vec(r).unwrap().len() as u64 + 1)
+                .sum()
+        };
+        let max = size(100, 390) + 50;
         let mut j = SpillJournal::open(&path, max).unwrap();
         j.append(&records[..280]).unwrap();
-        // Replay 200 of them: 80 wait, so 200 more fit although the file
-        // (with its replayed prefix) would pass the bound.
-        let (got, offset, lines) = j.peek(200).unwrap();
-        assert_eq!(got, records[..200].to_vec());
+        let (got, offset, lines) = j.peek(100).unwrap();
+        assert_eq!(got, records[..100].to_vec());
+        j.advance(offset, lines).unwrap();
+        // Less than half replayed: not compacted.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size(0, 280));
+        // 290 records wait: within the bound although the file is past it.
+        j.append(&records[280..390]).unwrap();
+        assert!(size(0, 390) > max);
+        assert_eq!(j.records(), 290);
+        let (got, offset, lines) = j.peek(150).unwrap();
+        assert_eq!(got, records[100..250].to_vec());
         j.advance(offset, lines).unwrap();
         assert!(offset >= COMPACT_MIN_BYTES);
-        // The prefix was more than half the file: compacted away.
+        // More than half replayed: compacted away.
         assert_eq!(std::fs::metadata(&path).unwrap().len(), j.bytes());
+        assert_eq!(j.bytes(), size(250, 390));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("spill.jsonl.head")).unwrap(),
             "0"
         );
-        j.append(&records[280..480]).unwrap();
+        j.append(&records[390..530]).unwrap();
         assert_eq!(j.records(), 280);
-        assert!(
-            j.append(&records[480..])
-                .unwrap_err()
-                .to_string()
-                .contains("full")
-        );
+        let e = j.append(&records[530..]).unwrap_err().to_string();
+        assert!(e.contains("full"), "{e}");
         // Still locked after the rename, and it reopens in order.
         assert!(SpillJournal::open(&path, max).is_err());
         drop(j);
         let mut j = SpillJournal::open(&path, max).unwrap();
         assert_eq!(j.records(), 280);
         let (got, offset, lines) = j.peek(1000).unwrap();
-        assert_eq!(got, records[200..480].to_vec());
+        assert_eq!(got, records[250..530].to_vec());
         j.advance(offset, lines).unwrap();
         assert!(j.is_empty());
     }
