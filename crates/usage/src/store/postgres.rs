@@ -1722,6 +1722,15 @@ mod tests {
         PostgresStore::open(o).unwrap().0
     }
 
+    /// Waits (at most 30 s) until the spill journal is empty.
+    fn wait_replayed(store: &PostgresStore, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.spilled() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[test]
     fn postgres_store_conforms() {
         let (_cluster, urls) = cluster_with(&["conform"]);
@@ -1826,14 +1835,7 @@ mod tests {
         cluster.start_server().unwrap();
         // New batches queue behind the journal, in order.
         store.insert(&records[450..]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while store.spilled() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "journal never replayed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_replayed(&store, "journal never replayed");
         conformance::check_queries(&store, &records).unwrap();
         let ids = cluster
             .psql(
@@ -1914,14 +1916,7 @@ mod tests {
         assert_eq!(store.spilled(), 200);
         cluster.start_server().unwrap();
         store.insert(&records[300..]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while store.spilled() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "replay stalled on refused records"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_replayed(&store, "replay stalled on refused records");
         assert_eq!(store.count().unwrap(), 396);
         let text = std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).unwrap();
         let rejected: Vec<UsageRecord> = text
@@ -2002,14 +1997,7 @@ mod tests {
             drop(blocker);
         });
         store.insert(&records[200..]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while store.spilled() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "journal never replayed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_replayed(&store, "journal never replayed");
         conformance::check_queries(&store, &records).unwrap();
     }
 
