@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where the token numbers of a record come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenSource {
     /// The backend reported usage.
@@ -13,7 +13,9 @@ pub enum TokenSource {
     /// The proxy counted with the model family's own tokenizer.
     Proxy,
     /// An approximation (another vendor's tokenizer, or a length estimate
-    /// when the counting workers fell behind).
+    /// when the counting workers fell behind). The default when a stored
+    /// record lacks the field.
+    #[default]
     Estimate,
 }
 
@@ -29,7 +31,7 @@ impl TokenSource {
 }
 
 /// Where `cost_usd` comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostSource {
     /// The backend reported a cost.
@@ -37,6 +39,8 @@ pub enum CostSource {
     /// Tokens × the price table.
     PricingTable,
     /// The model is not in the price table: `cost_usd` is null, never 0.
+    /// The default when a stored record lacks the field.
+    #[default]
     Unknown,
 }
 
@@ -52,10 +56,12 @@ impl CostSource {
 }
 
 /// How the exchange ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CompletionOutcome {
-    /// The whole response reached the client.
+    /// The whole response reached the client (the default when a stored
+    /// record lacks the field).
+    #[default]
     Completed,
     /// The proxy could not get a response (the client got a proxy error).
     Failed,
@@ -96,7 +102,13 @@ pub struct BackendUsage {
 }
 
 /// One usage record per client request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoding is tolerant (`#[serde(default)]`, unknown fields ignored): a
+/// record written by another version of the proxy (a spill journal line, an
+/// export) still reads, missing fields taking their defaults. Encoding is
+/// unchanged: every field is always written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UsageRecord {
     /// The request id (also the `x-request-id` response header).
     pub id: String,
@@ -168,4 +180,42 @@ pub struct UsageRecord {
     pub call_purpose: Option<String>,
     /// Served by a replacement target.
     pub replaced: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_other_versions_decode_and_encoding_is_unchanged() {
+        // A newer proxy added a field; an older one lacked some.
+        let line = r#"{"id":"r1","timestamp":"2026-01-05T10:17:23.456Z","timestamp_us":1767608243456000,
+            "session_id":"s","turn_number":2,"backend_type":"openai","backend":"b","model":"m",
+            "requested_model":"m","frontend_type":"openai","streaming":true,"prompt_tokens":3,
+            "completion_tokens":4,"total_tokens":7,"token_source":"backend","cost_source":"unknown",
+            "http_status_code":200,"completion_outcome":"completed","total_duration_ms":1.5,
+            "proxy_overhead_ms":0.5,"some_future_field":{"x":1}}"#;
+        let r: UsageRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(r.id, "r1");
+        assert_eq!(r.total_tokens, 7);
+        assert!(r.tool_names.is_empty() && r.tool_call_count == 0 && !r.replaced);
+        assert_eq!(r.call_purpose, None);
+        let none: UsageRecord = serde_json::from_str("{}").unwrap();
+        assert_eq!(none.token_source, TokenSource::Estimate);
+        assert_eq!(none.cost_source, CostSource::Unknown);
+        // Every field is still written, with its SPEC name.
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 35, "{keys:?}");
+        for k in [
+            "replaced",
+            "call_purpose",
+            "tool_names",
+            "backend_reported_usage",
+            "cost_usd",
+        ] {
+            assert!(keys.contains(&k), "{k}");
+        }
+        assert!(!keys.contains(&"some_future_field"));
+    }
 }

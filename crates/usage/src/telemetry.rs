@@ -25,3 +25,5 @@ pub const SPILL_RECORDS: &str = "llm_proxy_usage_spill_records";
 pub const SPILL_BYTES: &str = "llm_proxy_usage_spill_bytes";
 /// Failed Postgres writes (each spilled its batch to the journal, or kept it for a retry).
 pub const DATABASE_WRITE_ERRORS_TOTAL: &str = "llm_proxy_usage_database_write_errors_total";
+/// Records the Postgres database refused as bad data (set aside in `<spill_path>.rejected`).
+pub const DATABASE_REJECTED_TOTAL: &str = "llm_proxy_usage_database_rejected_total";

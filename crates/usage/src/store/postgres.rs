@@ -26,6 +26,19 @@
 //! database answers again. A full journal refuses the batch (the tracker
 //! keeps it in memory and retries).
 //!
+//! The replayer holds the writer lock only to read a batch from the journal
+//! and to advance it, never while the database works, and pauses briefly
+//! between batches, so `insert` (and the tracker's flush behind it) never
+//! waits for a replay.
+//!
+//! **Bad data.** NUL, which PostgreSQL refuses in text, is written as
+//! U+FFFD in every text cell. A batch the database refuses for its data
+//! (SQLSTATE class 22; class 23 from the records' `INSERT`) is not an
+//! outage: it is halved until the refused records are isolated, the others
+//! are written, and the refused ones go to `<spill_path>.rejected` (JSON
+//! lines; `llm_proxy_usage_database_rejected_total`, one WARN line per
+//! batch), so the journal moves on.
+//!
 //! **Queries** read one `REPEATABLE READ` snapshot, so stats are consistent
 //! across instances: all-time rows with no time filter, day rows for whole
 //! days, hour rows for whole edge hours, raw rows for partial hours, as in
@@ -54,7 +67,7 @@ use crate::store::rollup::{
     encode_tool_names, filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome,
     parse_token_source, plan, rollups_can_answer,
 };
-use crate::store::spill::SpillJournal;
+use crate::store::spill::{SpillJournal, append_rejected};
 use crate::store::{AggregateSet, OpenReport, RecentPage, UsageStore};
 use crate::telemetry;
 use crate::time::hour_floor;
@@ -222,6 +235,82 @@ fn pg_err(e: tokio_postgres::Error) -> UsageError {
         },
     };
     UsageError::Database(format!("postgres: {detail}"))
+}
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+enum BatchError {
+    /// The database refused the records themselves (SQLSTATE class 22, data
+    /// exception, anywhere; class 23, integrity violation, from the records'
+    /// `INSERT`, whose only expected conflict is `ON CONFLICT (id) DO
+    /// NOTHING`): retrying cannot help.
+    Data(UsageError),
+    /// Anything else (unreachable, timed out, shutting down): retry later.
+    Outage(UsageError),
+}
+
+impl From<UsageError> for BatchError {
+    fn from(e: UsageError) -> BatchError {
+        BatchError::Outage(e)
+    }
+}
+
+/// Whether `sqlstate` says the data is bad (see [`BatchError::Data`]);
+/// `integrity` is set for the records' `INSERT`.
+fn is_data_error(sqlstate: &str, integrity: bool) -> bool {
+    sqlstate.starts_with("22") || (integrity && sqlstate.starts_with("23"))
+}
+
+fn classify(e: tokio_postgres::Error, integrity: bool) -> BatchError {
+    let data = e.code().is_some_and(|c| is_data_error(c.code(), integrity));
+    if data {
+        BatchError::Data(pg_err(e))
+    } else {
+        BatchError::Outage(pg_err(e))
+    }
+}
+
+/// Replaces NUL (which PostgreSQL refuses in text) with U+FFFD in every
+/// text field of `r` (the JSON cells are built from these fields).
+fn scrub_nul(r: &mut UsageRecord) {
+    let UsageRecord {
+        id,
+        timestamp,
+        session_id,
+        backend_type,
+        backend,
+        model,
+        requested_model,
+        frontend_type,
+        incomplete_reason,
+        tool_names,
+        user_agent,
+        proxy_user,
+        call_purpose,
+        ..
+    } = r;
+    let fields = [
+        id,
+        timestamp,
+        session_id,
+        backend_type,
+        backend,
+        model,
+        requested_model,
+        frontend_type,
+    ]
+    .into_iter()
+    .chain(
+        [incomplete_reason, user_agent, proxy_user, call_purpose]
+            .into_iter()
+            .filter_map(Option::as_mut),
+    )
+    .chain(tool_names.iter_mut());
+    for s in fields {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -712,10 +801,10 @@ async fn write_batch(
     client: &mut Client,
     records: &[UsageRecord],
     mut keys: KeyCache,
-) -> Result<KeyCache, UsageError> {
+) -> Result<KeyCache, BatchError> {
     let tx = locked_transaction(client).await?;
     keys.refresh(&tx).await?;
-    let cols = record_columns(records)?;
+    let cols = record_columns(records).map_err(BatchError::Data)?;
     let unnest: Vec<String> = COLUMN_TYPES
         .iter()
         .enumerate()
@@ -727,7 +816,7 @@ async fn write_batch(
         unnest.join(", ")
     );
     let refs: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let rows = tx.query(&sql, &refs).await.map_err(pg_err)?;
+    let rows = tx.query(&sql, &refs).await.map_err(|e| classify(e, true))?;
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
     for row in rows {
         inserted.insert(row.try_get(0).map_err(pg_err)?);
@@ -748,8 +837,8 @@ async fn write_batch(
         let id = match keys.ids.get(&key) {
             Some(id) => *id,
             None => {
-                let dims =
-                    serde_json::to_string(&key).map_err(|e| UsageError::Encoding(e.to_string()))?;
+                let dims = serde_json::to_string(&key)
+                    .map_err(|e| BatchError::Data(UsageError::Encoding(e.to_string())))?;
                 let row = tx
                     .query_one(
                         "INSERT INTO usage_rollup_keys (dims) VALUES ($1) \
@@ -757,7 +846,7 @@ async fn write_batch(
                         &[&dims],
                     )
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(|e| classify(e, false))?;
                 let id: i32 = row.try_get(0).map_err(pg_err)?;
                 keys.add(id, key);
                 id
@@ -1068,6 +1157,13 @@ struct Inner {
     stopping: AtomicBool,
 }
 
+/// Records the database refused as bad data, and the first refusal.
+#[derive(Debug, Default)]
+struct Rejected {
+    records: Vec<UsageRecord>,
+    error: Option<String>,
+}
+
 struct Writer {
     client: Option<Client>,
     spill: SpillJournal,
@@ -1201,22 +1297,20 @@ fn replay_loop(weak: Weak<Inner>) {
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let mut w = lock(&inner.writer);
-        if w.spill.is_empty() {
-            wait = Duration::from_millis(200);
-            continue;
-        }
-        match inner.replay_some(&mut w) {
-            Ok(true) => wait = Duration::ZERO,
-            Ok(false) => {
+        match inner.replay_some() {
+            // A short pause between batches lets `insert` take its turn.
+            Ok(Some(true)) => wait = Duration::from_millis(10),
+            Ok(None) => wait = Duration::from_millis(200),
+            Ok(Some(false)) => {
                 wait = Duration::from_millis(200);
+                let mut w = lock(&inner.writer);
                 if w.failing {
                     w.failing = false;
                     tracing::info!(database = %inner.database, "usage database back; spill journal replayed");
                 }
             }
             Err(e) => {
-                inner.note_write_error(&mut w, &e);
+                inner.note_write_error(&mut lock(&inner.writer), &e);
                 wait = Duration::from_secs(1);
             }
         }
@@ -1278,21 +1372,27 @@ impl Inner {
         self.migrate().map(|_| ())
     }
 
-    /// Writes one batch with the writer's connection.
-    fn write(&self, w: &mut Writer, records: &[UsageRecord]) -> Result<(), UsageError> {
+    /// Writes one batch in one transaction with the connection in `slot`
+    /// (connecting if there is none; a live one is left there).
+    fn write_once(
+        &self,
+        slot: &mut Option<Client>,
+        records: &[UsageRecord],
+    ) -> Result<(), BatchError> {
         self.ensure_migrated()?;
-        let mut client = match w.client.take() {
+        let mut client = match slot.take() {
             Some(c) if !c.is_closed() => c,
             _ => self.connect()?,
         };
         let keys = lock(&self.keys).clone();
-        let batch = records.to_vec();
+        let mut batch = records.to_vec();
+        batch.iter_mut().for_each(scrub_nul);
         let (client, result) = self.run(self.options.write_timeout, async move {
             let r = write_batch(&mut client, &batch, keys).await;
             (client, r)
         })?;
         if !client.is_closed() {
-            w.client = Some(client);
+            *slot = Some(client);
         }
         let keys = result?;
         let mut cache = lock(&self.keys);
@@ -1300,6 +1400,56 @@ impl Inner {
             *cache = keys;
         }
         Ok(())
+    }
+
+    /// Writes `records`; when the database refuses some as bad data, halves
+    /// the batch until they are isolated and returns them (with the first
+    /// refusal) after writing all the others. An outage is an error (halves
+    /// already committed are skipped when the batch is written again).
+    fn write(
+        &self,
+        slot: &mut Option<Client>,
+        records: &[UsageRecord],
+    ) -> Result<Rejected, UsageError> {
+        match self.write_once(slot, records) {
+            Ok(()) => Ok(Rejected::default()),
+            Err(BatchError::Outage(e)) => Err(e),
+            Err(BatchError::Data(e)) if records.len() <= 1 => Ok(Rejected {
+                records: records.to_vec(),
+                error: Some(e.to_string()),
+            }),
+            Err(BatchError::Data(_)) => {
+                let (left, right) = records.split_at(records.len() / 2);
+                let mut out = self.write(slot, left)?;
+                let more = self.write(slot, right)?;
+                out.records.extend(more.records);
+                out.error = out.error.or(more.error);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Sets refused records aside in `<spill_path>.rejected` (one WARN line
+    /// per batch).
+    fn reject(&self, rejected: Rejected) {
+        if rejected.records.is_empty() {
+            return;
+        }
+        let n = rejected.records.len();
+        metrics::counter!(telemetry::DATABASE_REJECTED_TOTAL).increment(n as u64);
+        let error = rejected.error.unwrap_or_default();
+        match append_rejected(&self.options.spill_path, &rejected.records) {
+            Ok(file) => tracing::warn!(database = %self.database, records = n,
+                file = %file.display(), error = %error,
+                "usage database refused records as bad data; set aside"),
+            Err(e) => {
+                metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "rejected")
+                    .increment(n as u64);
+                tracing::error!(database = %self.database, records = n, error = %error,
+                    write_error = %e,
+                    "usage database refused records as bad data and they could not be set aside; dropped");
+            }
+        }
     }
 
     fn note_write_error(&self, w: &mut Writer, e: &UsageError) {
@@ -1314,14 +1464,32 @@ impl Inner {
         }
     }
 
-    /// Replays one batch from the journal; true when more wait.
-    fn replay_some(&self, w: &mut Writer) -> Result<bool, UsageError> {
-        let (records, offset, lines) = w.spill.peek(REPLAY_BATCH)?;
-        if !records.is_empty() {
-            self.write(w, &records)?;
+    /// Replays one batch from the journal: `None` when it was empty, else
+    /// whether more wait. The writer lock is not held while the database
+    /// works (`insert` must never wait for it); the batch stays in the
+    /// journal until written, so meanwhile new batches queue behind it, and
+    /// only this thread advances the journal.
+    fn replay_some(&self) -> Result<Option<bool>, UsageError> {
+        let (records, offset, lines, mut slot) = {
+            let mut w = lock(&self.writer);
+            if w.spill.is_empty() {
+                return Ok(None);
+            }
+            let (records, offset, lines) = w.spill.peek(REPLAY_BATCH)?;
+            (records, offset, lines, w.client.take())
+        };
+        let written = if records.is_empty() {
+            Ok(Rejected::default())
+        } else {
+            self.write(&mut slot, &records)
+        };
+        let mut w = lock(&self.writer);
+        if w.client.is_none() && !self.stopping.load(Ordering::SeqCst) {
+            w.client = slot;
         }
+        self.reject(written?);
         w.spill.advance(offset, lines)?;
-        Ok(!w.spill.is_empty())
+        Ok(Some(!w.spill.is_empty()))
     }
 
     /// Runs `op` with a pooled read connection.
@@ -1365,8 +1533,14 @@ impl UsageStore for PostgresStore {
         }
         let mut w = lock(&self.inner.writer);
         if w.spill.is_empty() {
-            match self.inner.write(&mut w, records) {
-                Ok(()) => return Ok(()),
+            let mut slot = w.client.take();
+            let written = self.inner.write(&mut slot, records);
+            w.client = slot;
+            match written {
+                Ok(rejected) => {
+                    self.inner.reject(rejected);
+                    return Ok(());
+                }
                 Err(e) => self.inner.note_write_error(&mut w, &e),
             }
         }
@@ -1548,6 +1722,15 @@ mod tests {
         PostgresStore::open(o).unwrap().0
     }
 
+    /// Waits (at most 30 s) until the spill journal is empty.
+    fn wait_replayed(store: &PostgresStore, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.spilled() > 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[test]
     fn postgres_store_conforms() {
         let (_cluster, urls) = cluster_with(&["conform"]);
@@ -1652,14 +1835,7 @@ mod tests {
         cluster.start_server().unwrap();
         // New batches queue behind the journal, in order.
         store.insert(&records[450..]).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while store.spilled() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "journal never replayed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_replayed(&store, "journal never replayed");
         conformance::check_queries(&store, &records).unwrap();
         let ids = cluster
             .psql(
@@ -1674,6 +1850,155 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn nul_in_client_text_is_stored_and_later_records_flow() {
+        let (cluster, urls) = cluster_with(&["nul"]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&urls[0], &dir, "spill.jsonl");
+        let records = synthetic_records(30, START_US, HOUR_US, 11);
+        let mut bad = records[0].clone();
+        bad.requested_model = "gpt\0-4o".into();
+        bad.session_id = "user\0x".into();
+        bad.user_agent = Some("ua\0".into());
+        bad.tool_names = vec!["t\0".into()];
+        store.insert(std::slice::from_ref(&bad)).unwrap();
+        store.insert(&records[1..]).unwrap();
+        assert_eq!(store.spilled(), 0, "nothing queues behind the record");
+        assert_eq!(store.count().unwrap(), 30);
+        let row = cluster
+            .psql(
+                "nul",
+                &format!(
+                    "SELECT requested_model || '|' || session_id || '|' || user_agent \
+                     FROM usage_records WHERE id = '{}'",
+                    bad.id
+                ),
+            )
+            .unwrap();
+        assert_eq!(row.trim(), "gpt\u{FFFD}-4o|user\u{FFFD}x|ua\u{FFFD}");
+        assert!(!dir.path().join("spill.jsonl.rejected").exists());
+    }
+
+    #[test]
+    fn data_errors_are_classified_apart_from_outages() {
+        assert!(is_data_error("22021", false)); // invalid byte sequence (NUL)
+        assert!(is_data_error("22003", true)); // numeric value out of range
+        assert!(is_data_error("23514", true)); // check violation
+        assert!(!is_data_error("23505", false)); // a rollup upsert: not the records
+        assert!(!is_data_error("08006", true)); // connection failure
+        assert!(!is_data_error("40001", true)); // serialization failure
+        assert!(!is_data_error("57P01", true)); // admin shutdown
+    }
+
+    #[test]
+    fn refused_records_are_set_aside_and_replay_moves_on() {
+        let (mut cluster, urls) = cluster_with(&["refused"]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&urls[0], &dir, "spill.jsonl");
+        cluster
+            .psql(
+                "refused",
+                "ALTER TABLE usage_records ADD CONSTRAINT no_bad CHECK (requested_model <> 'bad')",
+            )
+            .unwrap();
+        let mut records = synthetic_records(400, START_US, DAY_US, 12);
+        for i in [3, 150, 151, 377] {
+            records[i].requested_model = "bad".into();
+        }
+        // Written directly: the good ones are stored, the bad ones set aside.
+        store.insert(&records[..100]).unwrap();
+        assert_eq!(store.spilled(), 0);
+        // Replayed from the journal after an outage: the same.
+        cluster.stop_server().unwrap();
+        store.insert(&records[100..300]).unwrap();
+        assert_eq!(store.spilled(), 200);
+        cluster.start_server().unwrap();
+        store.insert(&records[300..]).unwrap();
+        wait_replayed(&store, "replay stalled on refused records");
+        assert_eq!(store.count().unwrap(), 396);
+        let text = std::fs::read_to_string(dir.path().join("spill.jsonl.rejected")).unwrap();
+        let rejected: Vec<UsageRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let want: Vec<UsageRecord> = [3, 150, 151, 377]
+            .iter()
+            .map(|i| records[*i].clone())
+            .collect();
+        assert_eq!(rejected, want);
+    }
+
+    #[test]
+    fn insert_does_not_wait_for_a_replay_in_flight() {
+        let (_cluster, urls) = cluster_with(&["inflight"]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = PostgresOptions::new(&urls[0], dir.path().join("spill.jsonl"));
+        o.write_timeout = Duration::from_secs(60);
+        let store = PostgresStore::open(o).unwrap().0;
+        let records = synthetic_records(300, START_US, DAY_US, 13);
+        // Another session holds the write lock: the replay will wait on it.
+        let mut blocker = store.inner.connect().unwrap();
+        blocker = store
+            .inner
+            .run(Duration::from_secs(10), async move {
+                blocker
+                    .execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+                    .await
+                    .unwrap();
+                blocker
+            })
+            .unwrap();
+        lock(&store.inner.writer)
+            .spill
+            .append(&records[..100])
+            .unwrap();
+        // Wait until the replayer is blocked inside its database write.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (c, waiting) = store
+                .inner
+                .run(Duration::from_secs(10), async move {
+                    let n: i64 = blocker
+                        .query_one(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    (blocker, n)
+                })
+                .unwrap();
+            blocker = c;
+            if waiting > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "replay never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // An insert meanwhile goes behind the journal at once.
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let store = &store;
+            let records = &records;
+            s.spawn(move || {
+                let r = store.insert(&records[100..200]);
+                let _ = tx.send(r);
+            });
+            let got = rx.recv_timeout(Duration::from_secs(20));
+            assert!(
+                matches!(got, Ok(Ok(()))),
+                "insert waited for the replay: {got:?}"
+            );
+            assert_eq!(store.spilled(), 200);
+            // Release the database; everything arrives, in order.
+            drop(blocker);
+        });
+        store.insert(&records[200..]).unwrap();
+        wait_replayed(&store, "journal never replayed");
+        conformance::check_queries(&store, &records).unwrap();
     }
 
     #[test]

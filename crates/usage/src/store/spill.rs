@@ -7,7 +7,14 @@
 //! between a replayed batch's commit and the head update replays that batch
 //! again, which the database skips (`ON CONFLICT (id) DO NOTHING`). When
 //! everything is replayed both files are truncated. A torn last line (a
-//! crash mid-append) is cut off at open.
+//! crash mid-append) is cut off at open. The bound (`max_bytes`) counts the
+//! records waiting, not the replayed prefix; when that prefix is more than
+//! half the file the waiting tail is rewritten to a new file (written,
+//! synced, then the head reset to 0, then renamed over the journal: a crash
+//! in between replays the prefix again, which the database skips).
+//!
+//! Records the database refuses as bad data go to `<path>.rejected`
+//! ([`append_rejected`]), one JSON record per line, for an operator to look at.
 //!
 //! **Ownership.** The journal file is locked (`flock`) while open: two
 //! proxies cannot share one journal.
@@ -19,6 +26,41 @@ use std::path::{Path, PathBuf};
 use crate::error::UsageError;
 use crate::record::UsageRecord;
 use crate::store::ensure_parent_dir;
+
+/// A replayed prefix smaller than this is never compacted away (rewriting
+/// a small file buys nothing).
+const COMPACT_MIN_BYTES: u64 = 64 * 1024;
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Where records refused as bad data are set aside for the journal `path`.
+pub fn rejected_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".rejected")
+}
+
+/// Appends `records` (one JSON record per line) to [`rejected_path`] of the
+/// journal `path`, synced; returns the file written.
+pub fn append_rejected(path: &Path, records: &[UsageRecord]) -> Result<PathBuf, UsageError> {
+    let target = rejected_path(path);
+    let mut buf = Vec::with_capacity(records.len() * 700);
+    for r in records {
+        serde_json::to_writer(&mut buf, r).map_err(|e| UsageError::Encoding(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    let written = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&target)
+        .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_data()));
+    match written {
+        Ok(()) => Ok(target),
+        Err(e) => Err(io_err(&target)(e)),
+    }
+}
 
 /// Records spilled and not yet replayed, in order.
 #[derive(Debug)]
@@ -78,11 +120,7 @@ impl SpillJournal {
                 path.display()
             ))
         })?;
-        let head_path = {
-            let mut s = path.as_os_str().to_owned();
-            s.push(".head");
-            PathBuf::from(s)
-        };
+        let head_path = with_suffix(path, ".head");
         let mut len = file.metadata().map_err(&err)?.len();
         // Cut a torn last line.
         let complete = complete_len(&mut file, len).map_err(&err)?;
@@ -154,7 +192,7 @@ impl SpillJournal {
             serde_json::to_writer(&mut buf, r).map_err(|e| UsageError::Encoding(e.to_string()))?;
             buf.push(b'\n');
         }
-        if self.len + buf.len() as u64 > self.max_bytes {
+        if self.bytes() + buf.len() as u64 > self.max_bytes {
             return Err(UsageError::Database(format!(
                 "spill journal {} is full ({} bytes waiting, usage_tracking.spill_max_bytes = {})",
                 self.path.display(),
@@ -222,10 +260,51 @@ impl SpillJournal {
             self.head = 0;
             self.len = 0;
             self.records = 0;
+        } else if self.head >= COMPACT_MIN_BYTES && self.head > self.len / 2 {
+            self.compact()?;
         } else {
             self.write_head(self.head)?;
         }
         self.report();
+        Ok(())
+    }
+
+    /// Rewrites the records waiting to a new file that replaces the journal
+    /// (see the module docs for the crash order).
+    fn compact(&mut self) -> Result<(), UsageError> {
+        let tmp = with_suffix(&self.path, ".compact");
+        let err = io_err(&tmp);
+        {
+            let mut out = File::create(&tmp).map_err(&err)?;
+            self.file
+                .seek(SeekFrom::Start(self.head))
+                .map_err(io_err(&self.path))?;
+            let copied = std::io::copy(&mut (&self.file).take(self.len - self.head), &mut out)
+                .map_err(&err)?;
+            out.sync_data().map_err(&err)?;
+            if copied != self.len - self.head {
+                return Err(UsageError::Database(format!(
+                    "spill journal {} shrank while compacting",
+                    self.path.display()
+                )));
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&tmp)
+            .map_err(&err)?;
+        file.try_lock().map_err(|e| err(std::io::Error::other(e)))?;
+        self.write_head(0)?;
+        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        self.file = file;
+        self.len -= self.head;
+        self.head = 0;
         Ok(())
     }
 
@@ -236,11 +315,7 @@ impl SpillJournal {
     }
 
     fn write_head(&self, head: u64) -> Result<(), UsageError> {
-        let tmp = {
-            let mut s = self.head_path.as_os_str().to_owned();
-            s.push(".tmp");
-            PathBuf::from(s)
-        };
+        let tmp = with_suffix(&self.head_path, ".tmp");
         let err = io_err(&tmp);
         let mut f = File::create(&tmp).map_err(&err)?;
         f.write_all(head.to_string().as_bytes()).map_err(&err)?;
@@ -298,5 +373,92 @@ mod tests {
         assert_eq!(j.records(), 2);
         let e = SpillJournal::open(&path, 4000).unwrap_err().to_string();
         assert!(e.contains("usage_tracking.spill_path"), "{e}");
+    }
+
+    #[test]
+    fn the_bound_counts_waiting_bytes_and_a_replayed_prefix_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill.jsonl");
+        let records = synthetic_records(600, 1_767_608_243_456_000, 3_600_000_000, 6);
+        let size = |a: usize, b: usize| -> u64 {
+            records[a..b]
+                .iter()
+                .map(|r| serde_json::to_vec(r).unwrap().len() as u64 + 1)
+                .sum()
+        };
+        let max = size(100, 390) + 50;
+        let mut j = SpillJournal::open(&path, max).unwrap();
+        j.append(&records[..280]).unwrap();
+        let (got, offset, lines) = j.peek(100).unwrap();
+        assert_eq!(got, records[..100].to_vec());
+        j.advance(offset, lines).unwrap();
+        // Less than half replayed: not compacted.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size(0, 280));
+        // 290 records wait: within the bound although the file is past it.
+        j.append(&records[280..390]).unwrap();
+        assert!(size(0, 390) > max);
+        assert_eq!(j.records(), 290);
+        let (got, offset, lines) = j.peek(150).unwrap();
+        assert_eq!(got, records[100..250].to_vec());
+        j.advance(offset, lines).unwrap();
+        assert!(offset >= COMPACT_MIN_BYTES);
+        // More than half replayed: compacted away.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), j.bytes());
+        assert_eq!(j.bytes(), size(250, 390));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("spill.jsonl.head")).unwrap(),
+            "0"
+        );
+        j.append(&records[390..530]).unwrap();
+        assert_eq!(j.records(), 280);
+        let e = j.append(&records[530..]).unwrap_err().to_string();
+        assert!(e.contains("full"), "{e}");
+        // Still locked after the rename, and it reopens in order.
+        assert!(SpillJournal::open(&path, max).is_err());
+        drop(j);
+        let mut j = SpillJournal::open(&path, max).unwrap();
+        assert_eq!(j.records(), 280);
+        let (got, offset, lines) = j.peek(1000).unwrap();
+        assert_eq!(got, records[250..530].to_vec());
+        j.advance(offset, lines).unwrap();
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn journal_lines_from_other_versions_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill.jsonl");
+        let records = synthetic_records(2, 1_767_608_243_456_000, 3_600_000_000, 7);
+        // One line with a field from a newer version, one lacking optional fields.
+        let mut newer = serde_json::to_value(&records[0]).unwrap();
+        newer["added_later"] = serde_json::json!("x");
+        let mut older = serde_json::to_value(&records[1]).unwrap();
+        for k in ["call_purpose", "replaced", "tool_names", "proxy_user"] {
+            older.as_object_mut().unwrap().remove(k);
+        }
+        std::fs::write(&path, format!("{newer}\n{older}\n")).unwrap();
+        let mut j = SpillJournal::open(&path, 1 << 20).unwrap();
+        let (got, _, lines) = j.peek(10).unwrap();
+        assert_eq!(lines, 2);
+        assert_eq!(got.len(), 2, "no line is discarded as corrupt");
+        assert_eq!(got[0], records[0]);
+        assert_eq!(got[1].id, records[1].id);
+        assert!(!got[1].replaced && got[1].tool_names.is_empty());
+    }
+
+    #[test]
+    fn rejected_records_append_to_their_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spill.jsonl");
+        let records = synthetic_records(3, 1_767_608_243_456_000, 3_600_000_000, 8);
+        let at = append_rejected(&path, &records[..1]).unwrap();
+        append_rejected(&path, &records[1..]).unwrap();
+        assert_eq!(at, dir.path().join("spill.jsonl.rejected"));
+        let text = std::fs::read_to_string(&at).unwrap();
+        let back: Vec<UsageRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(back, records);
     }
 }
