@@ -61,11 +61,6 @@ impl RecordBuilder {
         }
     }
 
-    /// Builds the tokenizers now rather than on the first record.
-    pub fn warm_up(&self) -> Result<(), crate::tokens::TokenizerError> {
-        self.counter.warm_up()
-    }
-
     /// Tokens of `text`: the sum over its lines (each tokenized once and
     /// remembered) plus one per line break.
     fn count(&mut self, how: Counting, text: &str) -> u64 {

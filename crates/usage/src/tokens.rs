@@ -107,8 +107,10 @@ pub struct TokenizerError {
 /// Counts tokens; builds each encoding once, on first use, and shares it.
 ///
 /// Cheap to clone (an `Arc`); `Send + Sync`, so one counter can serve many
-/// worker threads. Call [`TokenCounter::warm_up`] when the workers start so
-/// the build cost is not paid by the first record.
+/// worker threads. An encoding's tables take ~50 MB and ~100–200 ms to
+/// build, so they are built when a record first needs them (a proxy that
+/// only serves one model family never holds the other's tables); the
+/// builder thread pays that once, off the request path.
 #[derive(Debug, Clone, Default)]
 pub struct TokenCounter {
     encoders: Arc<Encoders>,
@@ -220,9 +222,14 @@ impl TokenCounter {
                 Encoding::O200kBase => tiktoken_rs::o200k_base(),
                 Encoding::Cl100kBase => tiktoken_rs::cl100k_base(),
             };
-            built.map_err(|e| TokenizerError {
-                encoding: encoding.as_str(),
-                reason: e.to_string(),
+            built.map_err(|e| {
+                let err = TokenizerError {
+                    encoding: encoding.as_str(),
+                    reason: e.to_string(),
+                };
+                // Once per encoding and process (the cell keeps the error).
+                tracing::warn!(error = %err, "tokenizer unavailable; token counts will be estimates");
+                err
             })
         })
         .as_ref()
