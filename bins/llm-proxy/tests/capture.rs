@@ -11,17 +11,18 @@
     reason = "tests"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use llm_proxy_wire_capture::format::{encode_entry, encode_header};
 use llm_proxy_wire_capture::{Direction, Entry, FileHeader, Meta, MetaValue};
 
-const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
+mod common;
+
+use common::{BIN, Running, command, start_until};
 /// 2027-01-15T08:00:00Z.
 const T: f64 = 1_800_000_000.0;
 
@@ -378,63 +379,8 @@ fn inspect_says_no_issues_on_a_clean_capture_and_reports_damage() {
 }
 
 /// A running `llm-proxy` process.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(args: &[&str], ready_prefix: &str) -> Running {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("API_KEYS")
-        .env("RUST_LOG", "info")
-        .env("USAGE_TRACKING_PERSISTENCE_PATH", ":memory:")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = err_tx.send(line);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    let prefix = ready_prefix.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(&prefix) {
-                let addr = rest.split_whitespace().next().unwrap_or("");
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            panic!(
-                "no ready line; stderr:\n{}",
-                err_rx.try_iter().collect::<Vec<_>>().join("\n")
-            )
-        });
-    Running {
-        child,
-        addr,
-        stderr: err_rx,
-    }
+    start_until(command(args), ready_prefix)
 }
 
 /// Stops the process with SIGTERM and waits for it to exit.

@@ -8,85 +8,16 @@
     reason = "tests"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
+mod common;
+
+use common::{command, command_with_store, start};
 
 /// A running `llm-proxy` process.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(args: &[&str]) -> Command {
-    command_with_store(args, ":memory:")
-}
-
-fn command_with_store(args: &[&str], usage_store: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env_remove("API_KEYS")
-        .env("RUST_LOG", "info")
-        .env("USAGE_TRACKING_PERSISTENCE_PATH", usage_store)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LLM_PROXY__") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-/// Starts the binary and waits for its ready line.
-fn start(mut cmd: Command) -> Running {
-    let mut child = cmd.spawn().expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = err_tx.send(line);
-        }
-    });
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("llm-proxy listening on http://") {
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-            }
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            let logs: Vec<String> = err_rx.try_iter().collect();
-            panic!("no ready line; stderr:\n{}", logs.join("\n"));
-        }
-    };
-    Running {
-        child,
-        addr,
-        stderr: err_rx,
-    }
-}
-
 /// Runs the binary expecting it to exit; returns (exit code, stderr).
 fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
     let mut child = cmd.spawn().unwrap();
