@@ -444,8 +444,23 @@ fn a_write_failure_turns_capture_off_and_the_proxy_keeps_serving() {
     assert_eq!(gauge(&http(proxy.addr, "GET", "/metrics", "")), Some(1.0));
 
     // The directory becomes a file: the next rotation cannot create one.
-    std::fs::remove_dir_all(&out_dir).unwrap();
-    std::fs::write(&out_dir, b"in the way").unwrap();
+    // The writer may still be rotating (and recreating the directory) for
+    // the first request, so retry until the file is in place.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // NotFound or a file created mid-removal: the write below decides.
+        let _ = std::fs::remove_dir_all(&out_dir);
+        match std::fs::write(&out_dir, b"in the way") {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer keeps recreating the directory"
+                );
+            }
+            Err(e) => panic!("writing {}: {e}", out_dir.display()),
+        }
+    }
     for i in 1..6 {
         let raw = http(proxy.addr, "POST", "/v1/chat/completions", &chat(i));
         assert!(
