@@ -8,6 +8,12 @@ use llm_proxy::cli::{Cli, Command};
 use llm_proxy::{App, settings};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the proxy allocates per request
+/// on the tokio workers and frees on the usage threads (and the reverse),
+/// where glibc's arenas spent ~10 % of the proxy's CPU in malloc/free.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {

@@ -167,7 +167,9 @@ impl Pipeline {
     /// in the route's protocol style.
     pub async fn handle(&self, request: ClientRequest) -> Response<ProxyBody> {
         let facts = RequestFacts::parse(&request.body);
-        let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        // Time-ordered (UUIDv7: milliseconds, then random bits): stores that
+        // index records by id append instead of inserting at random places.
+        let request_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
         let session_id = session_id(&request, facts.as_ref().ok(), &request_id);
         let ctx = Arc::new(ExchangeContext {
             request_id,

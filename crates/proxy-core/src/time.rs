@@ -45,12 +45,40 @@ pub fn format_rfc3339_us(us: i64) -> String {
     let rem = us.rem_euclid(US_PER_DAY);
     let secs = rem / 1_000_000;
     let millis = (rem % 1_000_000) / 1000;
+    if (0..=9999).contains(&y) {
+        // Digit by digit: `format!` cost ~3.5 k instructions per call, and
+        // every usage record formats one.
+        let mut out = String::with_capacity(24);
+        push_digits(&mut out, y, 4);
+        for (sep, n) in [
+            ('-', i64::from(m)),
+            ('-', i64::from(d)),
+            ('T', secs / 3600),
+            (':', (secs / 60) % 60),
+            (':', secs % 60),
+        ] {
+            out.push(sep);
+            push_digits(&mut out, n, 2);
+        }
+        out.push('.');
+        push_digits(&mut out, millis, 3);
+        out.push('Z');
+        return out;
+    }
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         secs / 3600,
         (secs / 60) % 60,
         secs % 60
     )
+}
+
+/// Appends the `width` lowest decimal digits of `n` (0 ≤ n), zero-padded.
+fn push_digits(out: &mut String, n: i64, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (n / 10_i64.pow(i)).rem_euclid(10);
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// `2026-11-27T23:22:01.123Z` for a `SystemTime`.
@@ -72,5 +100,38 @@ mod tests {
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
         assert_eq!(days_from_civil(2000, 2, 29), 11_016);
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn the_fast_format_matches_the_general_one() {
+        let general = |us: i64| {
+            let (y, m, d) = civil_from_days(us.div_euclid(US_PER_DAY));
+            let rem = us.rem_euclid(US_PER_DAY);
+            let secs = rem / 1_000_000;
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                (rem % 1_000_000) / 1000
+            )
+        };
+        let mut us: i64 = 0;
+        for _ in 0..10_000 {
+            assert_eq!(format_rfc3339_us(us), general(us));
+            us = us
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                % 400_000_000_000_000_000;
+        }
+        // Outside years 0–9999 the general path answers.
+        assert_eq!(
+            format_rfc3339_us(-62_167_219_200_000_001),
+            general(-62_167_219_200_000_001)
+        );
+        assert_eq!(
+            format_rfc3339_us(253_402_300_800_000_000),
+            "10000-01-01T00:00:00.000Z"
+        );
     }
 }

@@ -1,10 +1,20 @@
 //! The background half of usage tracking: turns a finished exchange into a
-//! [`UsageRecord`] — backend-reported usage, the proxy's own token counts at
-//! the four legs, cost, timings, tool calls. CPU work (parsing, tokenizing)
-//! happens here, on the builder thread, never on the request path.
+//! [`UsageRecord`] in two steps, so that the costly one can yield.
+//!
+//! 1. [`RecordBuilder::draft`] (the builder thread, normal priority): the
+//!    backend response is read for reported usage, tool calls and the
+//!    completion text; timings, outcome and turn number are set. Every
+//!    record takes this step, and it is cheap.
+//! 2. The proxy's own token counts at the four legs: exact, with the model
+//!    family's tokenizer ([`TokenTally::count`], on the low-priority counting
+//!    thread), or a length estimate ([`estimate_counts`]) when the counting
+//!    thread is behind — the machine is busy serving traffic.
+//!
+//! [`finish`] then fills the counts in, prices the record and hands it on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use llm_proxy_core::{BackendType, Completion, Frontend, IncompleteReason};
@@ -12,26 +22,20 @@ use llm_proxy_core::{BackendType, Completion, Frontend, IncompleteReason};
 use crate::collect::FinishedExchange;
 use crate::extract::{PromptFacts, ResponseAccumulator, ResponseFacts};
 use crate::pricing::{PriceTable, TokenCounts};
-use crate::record::{BackendUsage, CompletionOutcome, CostSource, TokenSource, UsageRecord};
+use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
 use crate::time::{format_rfc3339, system_time_us};
 use crate::tokens::{Encoding, TokenCounter};
 
 /// Sessions whose turn counter is remembered; past this the map starts over.
 const MAX_TRACKED_SESSIONS: usize = 100_000;
 
-/// Builds records; owned by the builder thread.
-pub struct RecordBuilder {
-    counter: Arc<TokenCounter>,
-    prices: Arc<PriceTable>,
-    turns: HashMap<String, u32>,
-    /// Token counts of lines already seen, by (encoding, hash of the line).
-    /// Agents resend the whole conversation every turn: nearly every line of
-    /// a prompt was counted before.
-    line_counts: HashMap<(Encoding, u64), u32>,
-}
-
 /// Lines whose counts are remembered; past this the cache starts over.
 const MAX_CACHED_LINES: usize = 200_000;
+
+/// Drafts records; owned by the builder thread.
+pub struct RecordBuilder {
+    turns: HashMap<String, u32>,
+}
 
 impl std::fmt::Debug for RecordBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,32 +45,211 @@ impl std::fmt::Debug for RecordBuilder {
     }
 }
 
-/// How a text is turned into a token count.
-#[derive(Clone, Copy)]
-enum Counting {
-    /// With the model family's tokenizer (`exact` when it is the family's own).
-    Tokenizer(Encoding, bool),
-    /// A length-based estimate (the builder is behind).
-    Estimate,
+/// A record with everything but the proxy's token counts (and what depends
+/// on them: tokens of record when the backend reported none, cost, tokens
+/// per second), plus what counting needs.
+#[derive(Debug)]
+pub struct Draft {
+    record: UsageRecord,
+    exchange: FinishedExchange,
+    /// The protocol spoken with the backend.
+    backend_protocol: Frontend,
+    /// What the backend response counts as completion (leg 3), if it was read.
+    completion_text: Option<String>,
+    /// The model family's encoding, and whether it is that family's own.
+    encoding: (Encoding, bool),
+    /// Seconds from the first content byte to the end, if any.
+    generation_s: Option<f64>,
+}
+
+impl Draft {
+    /// The encoding exact counting would use.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding.0
+    }
+
+    /// Body bytes this draft holds (for bounding a queue of drafts).
+    pub fn held_bytes(&self) -> usize {
+        let ex = &self.exchange;
+        ex.client_request.len()
+            + ex.backend_request.as_ref().map_or(0, Bytes::len)
+            + ex.backend_response.iter().map(Bytes::len).sum::<usize>()
+            + ex.client_response.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// When the exchange ended.
+    pub fn ended_at(&self) -> Instant {
+        self.exchange.ended_at
+    }
+}
+
+/// The proxy's token counts at the four legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Client → proxy prompt.
+    pub verbatim_prompt: u64,
+    /// Proxy → backend prompt, if a backend was asked.
+    pub mutated_prompt: Option<u64>,
+    /// Backend → proxy completion, if the response was read.
+    pub verbatim_completion: Option<u64>,
+    /// Proxy → client completion.
+    pub mutated_completion: Option<u64>,
+    /// Counted with the model family's own tokenizer (else an approximation).
+    pub exact: bool,
 }
 
 impl RecordBuilder {
-    /// A builder using `counter` and `prices`.
-    pub fn new(counter: Arc<TokenCounter>, prices: Arc<PriceTable>) -> RecordBuilder {
+    /// A builder with no sessions seen.
+    pub fn new() -> RecordBuilder {
         RecordBuilder {
-            counter,
-            prices,
             turns: HashMap::new(),
+        }
+    }
+
+    /// The record for `ex` without the proxy's token counts.
+    pub fn draft(&mut self, ex: FinishedExchange) -> Draft {
+        let ctx = &ex.ctx;
+        let outcome = &ex.outcome;
+        let frontend = ctx.frontend;
+        let served = outcome.served_by.as_ref();
+        let model = served.map_or_else(|| ctx.requested_model.clone(), |a| a.model.clone());
+        let backend_protocol = served.map_or(frontend, |a| protocol_of(a.backend_type, frontend));
+        let encoding = Encoding::for_model(&model);
+
+        let backend_facts = (served.is_some() && !ex.backend_response.is_empty())
+            .then(|| response_facts(backend_protocol, ex.backend_sse, &ex.backend_response));
+        let completion_text = backend_facts.as_ref().map(completion_text);
+        let reported = backend_facts.as_ref().and_then(|f| f.usage.clone());
+        let tool_names: Vec<String> = backend_facts
+            .map(|f| f.tool_calls.into_iter().map(|t| t.name).collect())
+            .unwrap_or_default();
+
+        let (completion_outcome, incomplete_reason) = match outcome.completion {
+            Completion::Completed => (CompletionOutcome::Completed, None),
+            Completion::Incomplete(reason) => (
+                CompletionOutcome::Incomplete,
+                Some(match reason {
+                    IncompleteReason::ClientDisconnect => "client_disconnect",
+                    IncompleteReason::Timeout => "timeout",
+                    _ => "backend_error",
+                }),
+            ),
+            _ => (CompletionOutcome::Failed, None),
+        };
+
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let generation_s = outcome
+            .ttft
+            .map(|t| outcome.total.saturating_sub(t).as_secs_f64())
+            .filter(|s| *s > 0.0);
+        let timestamp_us = system_time_us(ctx.received_at);
+        let turn_number = self.next_turn(&ctx.session_id);
+        let replaced = served.is_some_and(|a| a.replaced);
+        // Tokens of record when the backend reported them; else `finish`
+        // takes the proxy's counts.
+        let (prompt_tokens, completion_tokens, token_source) = match &reported {
+            Some(u) if u.prompt_tokens.is_some() || u.completion_tokens.is_some() => (
+                u.prompt_tokens.unwrap_or(0),
+                u.completion_tokens.unwrap_or(0),
+                TokenSource::Backend,
+            ),
+            _ => (0, 0, TokenSource::Estimate),
+        };
+
+        let record = UsageRecord {
+            id: ctx.request_id.to_string(),
+            timestamp: format_rfc3339(timestamp_us),
+            timestamp_us,
+            session_id: ctx.session_id.to_string(),
+            turn_number,
+            backend_type: served
+                .map_or_else(|| "none".to_owned(), |a| a.backend_type.as_str().to_owned()),
+            backend: served.map_or_else(|| "none".to_owned(), |a| a.backend.to_string()),
+            model,
+            requested_model: ctx.requested_model.clone(),
+            frontend_type: frontend.as_str().to_owned(),
+            streaming: ctx.streaming,
+            verbatim_prompt_tokens: None,
+            mutated_prompt_tokens: None,
+            verbatim_completion_tokens: None,
+            mutated_completion_tokens: None,
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            backend_reported_usage: reported,
+            token_source,
+            cost_usd: None,
+            cost_source: CostSource::Unknown,
+            http_status_code: outcome.status,
+            completion_outcome,
+            incomplete_reason: incomplete_reason.map(str::to_owned),
+            tool_call_count: u32::try_from(tool_names.len()).unwrap_or(u32::MAX),
+            tool_names,
+            ttft_ms: outcome.ttft.map(ms),
+            total_duration_ms: ms(outcome.total),
+            proxy_overhead_ms: ms(outcome.total.saturating_sub(outcome.upstream_time)),
+            completion_tokens_per_second: None,
+            user_agent: ctx.user_agent.clone(),
+            proxy_user: ctx.proxy_user.clone(),
+            call_purpose: replaced.then(|| "replacement".to_owned()),
+            replaced,
+        };
+        Draft {
+            record,
+            exchange: ex,
+            backend_protocol,
+            completion_text,
+            encoding,
+            generation_s,
+        }
+    }
+
+    fn next_turn(&mut self, session: &str) -> u32 {
+        if self.turns.len() >= MAX_TRACKED_SESSIONS && !self.turns.contains_key(session) {
+            self.turns.clear();
+        }
+        let turn = self.turns.entry(session.to_owned()).or_insert(0);
+        *turn = turn.saturating_add(1);
+        *turn
+    }
+}
+
+impl Default for RecordBuilder {
+    fn default() -> Self {
+        RecordBuilder::new()
+    }
+}
+
+/// Counts tokens exactly, remembering the counts of lines already seen;
+/// owned by the counting thread.
+pub struct TokenTally {
+    counter: Arc<TokenCounter>,
+    /// Token counts of lines already seen, by (encoding, hash of the line).
+    /// Agents resend the whole conversation every turn: nearly every line of
+    /// a prompt was counted before.
+    line_counts: HashMap<(Encoding, u64), u32>,
+}
+
+impl std::fmt::Debug for TokenTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenTally")
+            .field("cached_lines", &self.line_counts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenTally {
+    /// A tally using `counter`.
+    pub fn new(counter: Arc<TokenCounter>) -> TokenTally {
+        TokenTally {
+            counter,
             line_counts: HashMap::new(),
         }
     }
 
     /// Tokens of `text`: the sum over its lines (each tokenized once and
     /// remembered) plus one per line break.
-    fn count(&mut self, how: Counting, text: &str) -> u64 {
-        let Counting::Tokenizer(encoding, _) = how else {
-            return crate::tokens::estimate(text);
-        };
+    fn count_text(&mut self, encoding: Encoding, text: &str) -> u64 {
         let mut total = 0u64;
         for (i, line) in text.split('\n').enumerate() {
             if i > 0 {
@@ -91,26 +274,16 @@ impl RecordBuilder {
         total
     }
 
-    /// The record for `ex`. With `estimate_only`, token counts are length
-    /// estimates (used when the builder falls behind).
-    pub fn build(&mut self, ex: &FinishedExchange, estimate_only: bool) -> UsageRecord {
-        let ctx = &ex.ctx;
-        let outcome = &ex.outcome;
-        let frontend = ctx.frontend;
-        let served = outcome.served_by.as_ref();
-        let model = served.map_or_else(|| ctx.requested_model.clone(), |a| a.model.clone());
-        let backend_protocol = served.map_or(frontend, |a| protocol_of(a.backend_type, frontend));
-
-        let how = if estimate_only {
-            Counting::Estimate
-        } else {
-            let (encoding, exact) = Encoding::for_model(&model);
-            Counting::Tokenizer(encoding, exact)
-        };
+    /// The four legs of `d`, counted with its model family's tokenizer.
+    pub fn count(&mut self, d: &Draft) -> Counts {
+        let ex = &d.exchange;
+        let (encoding, exact) = d.encoding;
+        let frontend = ex.ctx.frontend;
+        let served = ex.outcome.served_by.as_ref();
 
         // Leg 1 and 2: prompts.
         let client_prompt = PromptFacts::from_body(frontend, &ex.client_request);
-        let verbatim_prompt = self.count(how, &client_prompt.text_for_counting);
+        let verbatim_prompt = self.count_text(encoding, &client_prompt.text_for_counting);
         let mutated_prompt = match &ex.backend_request {
             None => None,
             Some(body) if *body == ex.client_request => Some(verbatim_prompt),
@@ -119,152 +292,117 @@ impl RecordBuilder {
             // (~11 k instructions a record for a 1 KB body).
             Some(body)
                 if served.is_some_and(|a| {
-                    only_model_swapped(&ex.client_request, body, &ctx.requested_model, &a.model)
+                    only_model_swapped(&ex.client_request, body, &ex.ctx.requested_model, &a.model)
                 }) =>
             {
                 Some(verbatim_prompt)
             }
             Some(body) => {
-                let facts = PromptFacts::from_body(backend_protocol, body);
-                Some(self.count(how, &facts.text_for_counting))
+                let facts = PromptFacts::from_body(d.backend_protocol, body);
+                Some(self.count_text(encoding, &facts.text_for_counting))
             }
         };
 
         // Leg 3 and 4: completions.
-        let backend_facts = (served.is_some() && !ex.backend_response.is_empty())
-            .then(|| response_facts(backend_protocol, ex.backend_sse, &ex.backend_response));
-        let verbatim_completion = backend_facts
-            .as_ref()
-            .map(|f| self.count(how, &completion_text(f)));
+        let verbatim_completion = d
+            .completion_text
+            .as_deref()
+            .map(|text| self.count_text(encoding, text));
         let mutated_completion = if same_chunks(&ex.backend_response, &ex.client_response) {
             verbatim_completion
         } else if ex.client_response.is_empty() {
             Some(0)
         } else {
             let facts = response_facts(frontend, ex.client_sse, &ex.client_response);
-            Some(self.count(how, &completion_text(&facts)))
+            Some(self.count_text(encoding, &completion_text(&facts)))
         };
+        Counts {
+            verbatim_prompt,
+            mutated_prompt,
+            verbatim_completion,
+            mutated_completion,
+            exact,
+        }
+    }
+}
 
-        // Tokens of record.
-        let reported: Option<BackendUsage> = backend_facts.as_ref().and_then(|f| f.usage.clone());
-        let (prompt_tokens, completion_tokens, token_source) = match &reported {
-            Some(u) if u.prompt_tokens.is_some() || u.completion_tokens.is_some() => (
-                u.prompt_tokens.unwrap_or(0),
-                u.completion_tokens.unwrap_or(0),
-                TokenSource::Backend,
-            ),
-            _ => (
-                mutated_prompt.unwrap_or(verbatim_prompt),
-                verbatim_completion.unwrap_or(0),
-                match how {
-                    Counting::Tokenizer(_, true) => TokenSource::Proxy,
-                    _ => TokenSource::Estimate,
-                },
-            ),
+/// Length estimates of the four legs, without parsing the prompts: a token
+/// per four bytes of a request body (JSON framing included), a token per
+/// four characters of the completion text already read.
+pub fn estimate_counts(d: &Draft) -> Counts {
+    let ex = &d.exchange;
+    let served = ex.outcome.served_by.as_ref();
+    let per_four = |n: usize| (n as u64).div_ceil(4);
+    let verbatim_prompt = per_four(ex.client_request.len());
+    let mutated_prompt = ex.backend_request.as_ref().map(|body| {
+        let same = *body == ex.client_request
+            || served.is_some_and(|a| {
+                only_model_swapped(&ex.client_request, body, &ex.ctx.requested_model, &a.model)
+            });
+        if same {
+            verbatim_prompt
+        } else {
+            per_four(body.len())
+        }
+    });
+    let verbatim_completion = d.completion_text.as_deref().map(crate::tokens::estimate);
+    // The client got the same content, perhaps in another protocol.
+    let mutated_completion = if ex.client_response.is_empty() {
+        Some(0)
+    } else {
+        verbatim_completion
+    };
+    Counts {
+        verbatim_prompt,
+        mutated_prompt,
+        verbatim_completion,
+        mutated_completion,
+        exact: false,
+    }
+}
+
+/// The finished record: `counts` filled in, tokens of record taken from
+/// them when the backend reported none, priced (a backend-reported cost
+/// wins over the table).
+pub fn finish(d: Draft, counts: Counts, prices: &PriceTable) -> UsageRecord {
+    let mut r = d.record;
+    r.verbatim_prompt_tokens = Some(counts.verbatim_prompt);
+    r.mutated_prompt_tokens = counts.mutated_prompt;
+    r.verbatim_completion_tokens = counts.verbatim_completion;
+    r.mutated_completion_tokens = counts.mutated_completion;
+    if r.token_source != TokenSource::Backend {
+        r.prompt_tokens = counts.mutated_prompt.unwrap_or(counts.verbatim_prompt);
+        r.completion_tokens = counts.verbatim_completion.unwrap_or(0);
+        r.total_tokens = r.prompt_tokens + r.completion_tokens;
+        r.token_source = if counts.exact {
+            TokenSource::Proxy
+        } else {
+            TokenSource::Estimate
         };
-
-        // Cost: a backend-reported cost wins over the table.
-        let (cost_usd, cost_source) = match reported.as_ref().and_then(|u| u.cost) {
-            Some(cost) => (Some(cost), CostSource::Backend),
-            None => {
-                let counts = TokenCounts {
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens: reported.as_ref().and_then(|u| u.cached_tokens).unwrap_or(0),
-                    cache_creation_tokens: reported
-                        .as_ref()
-                        .and_then(|u| u.cache_creation_tokens)
-                        .unwrap_or(0),
-                    reasoning_tokens: reported
-                        .as_ref()
-                        .and_then(|u| u.reasoning_tokens)
-                        .unwrap_or(0),
-                };
-                match self.prices.cost(&model, &counts) {
-                    Some(cost) => (Some(cost), CostSource::PricingTable),
-                    None => (None, CostSource::Unknown),
-                }
+    }
+    let reported = r.backend_reported_usage.as_ref();
+    (r.cost_usd, r.cost_source) = match reported.and_then(|u| u.cost) {
+        Some(cost) => (Some(cost), CostSource::Backend),
+        None => {
+            let counts = TokenCounts {
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                cached_tokens: reported.and_then(|u| u.cached_tokens).unwrap_or(0),
+                cache_creation_tokens: reported.and_then(|u| u.cache_creation_tokens).unwrap_or(0),
+                reasoning_tokens: reported.and_then(|u| u.reasoning_tokens).unwrap_or(0),
+            };
+            match prices.cost(&r.model, &counts) {
+                Some(cost) => (Some(cost), CostSource::PricingTable),
+                None => (None, CostSource::Unknown),
             }
-        };
-
-        let (completion_outcome, incomplete_reason) = match outcome.completion {
-            Completion::Completed => (CompletionOutcome::Completed, None),
-            Completion::Incomplete(reason) => (
-                CompletionOutcome::Incomplete,
-                Some(match reason {
-                    IncompleteReason::ClientDisconnect => "client_disconnect",
-                    IncompleteReason::Timeout => "timeout",
-                    _ => "backend_error",
-                }),
-            ),
-            _ => (CompletionOutcome::Failed, None),
-        };
-
-        let tool_names: Vec<String> = backend_facts
-            .as_ref()
-            .map(|f| f.tool_calls.iter().map(|t| t.name.clone()).collect())
-            .unwrap_or_default();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let total_ms = ms(outcome.total);
-        let ttft_ms = outcome.ttft.map(ms);
-        let generation_s = outcome
-            .ttft
-            .map(|t| outcome.total.saturating_sub(t).as_secs_f64())
-            .filter(|s| *s > 0.0);
-        let timestamp_us = system_time_us(ctx.received_at);
-        let turn_number = self.next_turn(&ctx.session_id);
-        let replaced = served.is_some_and(|a| a.replaced);
-
-        UsageRecord {
-            id: ctx.request_id.to_string(),
-            timestamp: format_rfc3339(timestamp_us),
-            timestamp_us,
-            session_id: ctx.session_id.to_string(),
-            turn_number,
-            backend_type: served
-                .map_or_else(|| "none".to_owned(), |a| a.backend_type.as_str().to_owned()),
-            backend: served.map_or_else(|| "none".to_owned(), |a| a.backend.to_string()),
-            model,
-            requested_model: ctx.requested_model.clone(),
-            frontend_type: frontend.as_str().to_owned(),
-            streaming: ctx.streaming,
-            verbatim_prompt_tokens: Some(verbatim_prompt),
-            mutated_prompt_tokens: mutated_prompt,
-            verbatim_completion_tokens: verbatim_completion,
-            mutated_completion_tokens: mutated_completion,
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-            backend_reported_usage: reported,
-            token_source,
-            cost_usd,
-            cost_source,
-            http_status_code: outcome.status,
-            completion_outcome,
-            incomplete_reason: incomplete_reason.map(str::to_owned),
-            tool_call_count: u32::try_from(tool_names.len()).unwrap_or(u32::MAX),
-            tool_names,
-            ttft_ms,
-            total_duration_ms: total_ms,
-            proxy_overhead_ms: ms(outcome.total.saturating_sub(outcome.upstream_time)),
-            completion_tokens_per_second: generation_s
-                .filter(|_| completion_tokens > 0)
-                .map(|s| completion_tokens as f64 / s),
-            user_agent: ctx.user_agent.clone(),
-            proxy_user: ctx.proxy_user.clone(),
-            call_purpose: replaced.then(|| "replacement".to_owned()),
-            replaced,
         }
-    }
-
-    fn next_turn(&mut self, session: &str) -> u32 {
-        if self.turns.len() >= MAX_TRACKED_SESSIONS && !self.turns.contains_key(session) {
-            self.turns.clear();
-        }
-        let turn = self.turns.entry(session.to_owned()).or_insert(0);
-        *turn = turn.saturating_add(1);
-        *turn
-    }
+    };
+    let completion_tokens = r.completion_tokens;
+    r.completion_tokens_per_second = d
+        .generation_s
+        .filter(|_| completion_tokens > 0)
+        .map(|s| completion_tokens as f64 / s);
+    r
 }
 
 /// The protocol a backend of `backend_type` speaks for a `frontend` request.
@@ -382,9 +520,126 @@ fn only_model_swapped(client: &[u8], backend: &[u8], from: &str, to: &str) -> bo
         && client[at + from.len()..] == backend[at + to.len()..]
 }
 
+/// A finished exchange for tests: an OpenAI chat request for `model`
+/// answered with `response` (JSON) by an openai-type backend.
+#[cfg(test)]
+pub(crate) fn test_exchange(model: &str, response: &str) -> FinishedExchange {
+    use llm_proxy_core::{AttemptInfo, ExchangeContext, ExchangeOutcome};
+    use std::time::{Duration, SystemTime};
+    let request = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello to the whole wide world, please."}}]}}"#
+    );
+    FinishedExchange {
+        ctx: ExchangeContext {
+            request_id: "req-1".into(),
+            frontend: Frontend::OpenAiChat,
+            received_at: SystemTime::now(),
+            started: Instant::now(),
+            client_addr: None,
+            user_agent: None,
+            proxy_user: None,
+            session_id: "s".into(),
+            requested_model: model.into(),
+            streaming: false,
+        },
+        outcome: ExchangeOutcome {
+            status: 200,
+            completion: Completion::Completed,
+            served_by: Some(AttemptInfo {
+                attempt: 1,
+                backend: "up".into(),
+                backend_type: BackendType::OpenAi,
+                model: model.into(),
+                replaced: false,
+                stream_usage_requested: false,
+            }),
+            attempts: 1,
+            ttft: Some(Duration::from_millis(10)),
+            upstream_time: Duration::from_millis(20),
+            total: Duration::from_millis(30),
+            error: None,
+        },
+        client_request: Bytes::from(request.clone()),
+        backend_request: Some(Bytes::from(request)),
+        backend_response: vec![Bytes::from(response.to_owned())],
+        backend_sse: false,
+        client_response: vec![Bytes::from(response.to_owned())],
+        client_sse: false,
+        ended_at: Instant::now(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ANSWER: &str = r#"{"id":"c","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello, whole wide world! How are you today?"},"finish_reason":"stop"}]}"#;
+
+    fn prices() -> PriceTable {
+        PriceTable::bundled().unwrap()
+    }
+
+    #[test]
+    fn exact_counts_make_a_proxy_record_and_estimates_an_estimate_record() {
+        let mut builder = RecordBuilder::new();
+        let mut tally = TokenTally::new(Arc::new(TokenCounter::new()));
+        let exact = {
+            let d = builder.draft(test_exchange("gpt-4o-mini", ANSWER));
+            let counts = tally.count(&d);
+            assert!(counts.exact);
+            finish(d, counts, &prices())
+        };
+        assert_eq!(exact.token_source, TokenSource::Proxy);
+        // "Hello, whole wide world! How are you today?" is 11 o200k tokens.
+        assert_eq!(exact.verbatim_completion_tokens, Some(11));
+        assert_eq!(exact.mutated_completion_tokens, Some(11));
+        assert_eq!(exact.completion_tokens, 11);
+        assert_eq!(exact.mutated_prompt_tokens, exact.verbatim_prompt_tokens);
+        assert_eq!(exact.prompt_tokens, exact.verbatim_prompt_tokens.unwrap());
+        assert_eq!(exact.cost_source, CostSource::PricingTable);
+        assert!(exact.cost_usd.unwrap() > 0.0);
+        assert_eq!(exact.turn_number, 1);
+
+        let estimated = {
+            let d = builder.draft(test_exchange("gpt-4o-mini", ANSWER));
+            let counts = estimate_counts(&d);
+            assert!(!counts.exact);
+            finish(d, counts, &prices())
+        };
+        assert_eq!(estimated.token_source, TokenSource::Estimate);
+        assert_eq!(estimated.turn_number, 2);
+        // A quarter of the request body's bytes and of the answer's characters.
+        let body = test_exchange("gpt-4o-mini", ANSWER).client_request.len() as u64;
+        assert_eq!(estimated.verbatim_prompt_tokens, Some(body.div_ceil(4)));
+        assert_eq!(estimated.verbatim_completion_tokens, Some(11));
+        assert_eq!(estimated.prompt_tokens, body.div_ceil(4));
+        assert!(estimated.cost_usd.unwrap() > exact.cost_usd.unwrap());
+    }
+
+    #[test]
+    fn backend_usage_stays_the_tokens_of_record_whatever_the_counts() {
+        let answer = ANSWER.replace(
+            r#""finish_reason":"stop"}]"#,
+            r#""finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150}"#,
+        );
+        let mut builder = RecordBuilder::new();
+        let d = builder.draft(test_exchange("gpt-4o-mini", &answer));
+        let counts = estimate_counts(&d);
+        let r = finish(d, counts, &prices());
+        assert_eq!(r.token_source, TokenSource::Backend);
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+            (100, 50, 150)
+        );
+        assert_eq!(r.cost_source, CostSource::PricingTable);
+        let per_second = r.completion_tokens_per_second.unwrap();
+        assert!((per_second - 50.0 / 0.02).abs() < 1e-6, "{per_second}");
+        // An unknown model has no price: null, not zero.
+        let d = builder.draft(test_exchange("no-such-model-xyz", &answer));
+        let counts = estimate_counts(&d);
+        let r = finish(d, counts, &prices());
+        assert_eq!((r.cost_usd, r.cost_source), (None, CostSource::Unknown));
+    }
 
     #[test]
     fn a_spliced_model_keeps_the_prompt() {

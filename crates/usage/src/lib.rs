@@ -11,6 +11,7 @@ pub mod build;
 pub mod builder;
 pub mod collect;
 pub mod config;
+mod counting;
 pub mod error;
 pub mod extract;
 pub mod pricing;

@@ -211,6 +211,12 @@ impl TokenCounter {
             + REPLY_PRIMING_TOKENS
     }
 
+    /// Builds `encoding` now if it was not built yet (~100–200 ms once per
+    /// encoding and process); a no-op after that.
+    pub fn prepare(&self, encoding: Encoding) {
+        let _ = self.bpe(encoding);
+    }
+
     fn bpe(&self, encoding: Encoding) -> Result<&CoreBPE, TokenizerError> {
         let cell = match encoding {
             Encoding::O200kBase => &self.encoders.o200k,

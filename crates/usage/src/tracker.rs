@@ -2,21 +2,24 @@
 //! thread and the writer thread, answers queries, and flushes on shutdown.
 //!
 //! Record flow: request path → [`UsageCollector`] (bounded queue, never
-//! waits) → builder thread (parse, count, price) → pending buffer → writer
-//! thread (batched store insert every `flush_interval_seconds`). Queries see
-//! the store plus the pending buffer, so a record is visible as soon as it is
-//! built, and never counted twice.
+//! waits) → builder thread (reads the response: usage, tools, timings) →
+//! counting thread (the proxy's token counts, at the lowest CPU priority;
+//! estimates when it falls behind, see [`crate::counting`]) → pending buffer
+//! → writer thread (batched store insert every `flush_interval_seconds`).
+//! Queries see the store plus the pending buffer, so a record is visible as
+//! soon as it is built, and never counted twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::builder::RecordBuilder;
+use crate::builder::{Draft, RecordBuilder, TokenTally, estimate_counts, finish};
 use crate::collect::{FinishedExchange, UsageCollector};
 use crate::config::UsageTrackingConfig;
+use crate::counting::{CountQueue, lower_thread_priority};
 use crate::error::UsageError;
 use crate::pricing::PriceTable;
 use crate::query::{Stats, UsageQuery};
@@ -26,8 +29,11 @@ use crate::telemetry;
 use crate::tokens::TokenCounter;
 
 /// Past this many exchanges waiting, the builder estimates tokens instead of
-/// tokenizing, to catch up.
+/// offering drafts for counting, to catch up.
 const ESTIMATE_BACKLOG: usize = 1_000;
+/// The builder lets exchanges gather this long when its queue runs empty, so
+/// that under load a sender on the request path rarely has to wake it.
+const BUILDER_LINGER: Duration = Duration::from_millis(1);
 
 /// State shared by the threads and the query side.
 pub(crate) struct Shared {
@@ -51,6 +57,8 @@ pub struct UsageTracker {
     collector: Arc<UsageCollector>,
     shared: Arc<Shared>,
     builder: Option<JoinHandle<()>>,
+    counting: Arc<CountQueue>,
+    counter: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -81,19 +89,37 @@ impl UsageTracker {
             pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
         });
         let collector = Arc::new(UsageCollector::new(tx, shared.clone()));
-        let counter = Arc::new(TokenCounter::shared());
-        let builder = RecordBuilder::new(counter, prices);
+        let tokens = Arc::new(TokenCounter::shared());
+        let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
+            .unwrap_or(Duration::from_secs(1));
+        let counting = Arc::new(CountQueue::new(interval));
+        let counter = {
+            let (shared, queue, prices) = (shared.clone(), counting.clone(), prices.clone());
+            let tally = TokenTally::new(tokens.clone());
+            std::thread::Builder::new()
+                .name("usage-counter".into())
+                .spawn(move || count_loop(&queue, tally, &prices, &shared))
+                .map_err(|e| {
+                    UsageError::Database(format!("cannot start the token counting thread: {e}"))
+                })?
+        };
         let builder = {
-            let shared = shared.clone();
+            let (shared, queue) = (shared.clone(), counting.clone());
+            let stage = BuildStage {
+                drafts: RecordBuilder::new(),
+                tokens,
+                prices,
+                queue,
+                metrics: RecordMetrics::default(),
+                estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
+            };
             std::thread::Builder::new()
                 .name("usage-builder".into())
-                .spawn(move || build_loop(rx, builder, &shared))
+                .spawn(move || build_loop(rx, stage, &shared))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the usage builder thread: {e}"))
                 })?
         };
-        let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
-            .unwrap_or(Duration::from_secs(1));
         let retention = config
             .retention_days
             .map(|d| Duration::from_secs(u64::from(d) * 86_400));
@@ -110,6 +136,8 @@ impl UsageTracker {
             collector,
             shared,
             builder: Some(builder),
+            counting,
+            counter: Some(counter),
             writer: Some(writer),
         })
     }
@@ -139,6 +167,12 @@ impl UsageTracker {
         if let Some(b) = self.builder.take() {
             let _ = b.join();
         }
+        // The builder offers no more: the counting thread counts what is
+        // left and ends.
+        self.counting.close();
+        if let Some(c) = self.counter.take() {
+            let _ = c.join();
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -148,45 +182,97 @@ impl UsageTracker {
     }
 }
 
-fn build_loop(rx: Receiver<FinishedExchange>, mut builder: RecordBuilder, shared: &Shared) {
-    // Tokenizers are built by the first record that needs each encoding
-    // (~100–200 ms here, off the request path; ~50 MB each), so an idle
-    // proxy holds none and a one-family deployment holds one.
-    let estimated = metrics::counter!(telemetry::ESTIMATED_TOTAL);
-    let mut record_metrics = RecordMetrics::default();
+/// What the builder thread owns.
+struct BuildStage {
+    drafts: RecordBuilder,
+    tokens: Arc<TokenCounter>,
+    prices: Arc<PriceTable>,
+    queue: Arc<CountQueue>,
+    metrics: RecordMetrics,
+    estimated: metrics::Counter,
+}
+
+impl BuildStage {
+    /// Finishes `draft` with length estimates.
+    fn estimate(&mut self, draft: Box<Draft>, shared: &Shared) {
+        self.estimated.increment(1);
+        let counts = estimate_counts(&draft);
+        let ended = draft.ended_at();
+        let record = finish(*draft, counts, &self.prices);
+        self.metrics.emit(&record);
+        shared.push_pending(record, ended);
+    }
+
+    fn take(&mut self, ex: FinishedExchange, backlog: usize, shared: &Shared) {
+        let draft = Box::new(self.drafts.draft(ex));
+        if backlog > ESTIMATE_BACKLOG {
+            return self.estimate(draft, shared);
+        }
+        // The tokenizer is built here, at normal priority (~100–200 ms, by the
+        // first record that needs each encoding; ~50 MB each), so an idle
+        // proxy holds none and a one-family deployment holds one.
+        self.tokens.prepare(draft.encoding());
+        if let Err(draft) = self.queue.offer(draft) {
+            self.estimate(draft, shared);
+        }
+    }
+
+    fn take_back_stale(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        while let Some(draft) = self.queue.take_stale(now) {
+            self.estimate(draft, shared);
+        }
+    }
+}
+
+fn build_loop(rx: Receiver<FinishedExchange>, mut stage: BuildStage, shared: &Shared) {
+    let mut lingered = false;
     loop {
-        let ex = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ex) => ex,
-            Err(RecvTimeoutError::Timeout) => {
+        let ex = match rx.try_recv() {
+            Ok(ex) => Some(ex),
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                stage.take_back_stale(shared);
                 if shared.stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                continue;
+                if !lingered {
+                    std::thread::sleep(BUILDER_LINGER);
+                    lingered = true;
+                    continue;
+                }
+                // Drafts waiting for the counting thread: wake up in time to
+                // take back the ones it cannot get to.
+                let wait = if stage.queue.len() > 0 { 10 } else { 100 };
+                match rx.recv_timeout(Duration::from_millis(wait)) {
+                    Ok(ex) => Some(ex),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         };
+        let Some(ex) = ex else { continue };
+        lingered = false;
         let backlog = shared
             .backlog
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
         shared.queue_depth.set(backlog as f64);
-        let estimate = backlog > ESTIMATE_BACKLOG;
-        if estimate {
-            estimated.increment(1);
-        }
-        let record = builder.build(&ex, estimate);
-        record_metrics.emit(&record);
-        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= shared.max_pending {
-            // The writer cannot keep up (the store is failing or too slow).
-            // Drop the new record, counted: removing from the front would
-            // shift every pending record and break the writer's batch order.
-            metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "buffer_full")
-                .increment(1);
-            continue;
-        }
-        pending.push((record, ex.ended_at));
-        shared.pending_gauge.set(pending.len() as f64);
+        stage.take(ex, backlog, shared);
+        stage.take_back_stale(shared);
+    }
+}
+
+/// The counting thread: exact token counts for the drafts it gets to.
+fn count_loop(queue: &CountQueue, mut tally: TokenTally, prices: &PriceTable, shared: &Shared) {
+    lower_thread_priority();
+    let mut metrics = RecordMetrics::default();
+    while let Some(draft) = queue.next() {
+        let counts = tally.count(&draft);
+        let ended = draft.ended_at();
+        let record = finish(*draft, counts, prices);
+        metrics.emit(&record);
+        shared.push_pending(record, ended);
     }
 }
 
@@ -312,6 +398,21 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
 }
 
 impl Shared {
+    /// Adds a built record to the pending buffer (visible to queries at once).
+    fn push_pending(&self, record: UsageRecord, ended: Instant) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= self.max_pending {
+            // The writer cannot keep up (the store is failing or too slow).
+            // Drop the new record, counted: removing from the front would
+            // shift every pending record and break the writer's batch order.
+            metrics::counter!(telemetry::RECORDS_DROPPED_TOTAL, "reason" => "buffer_full")
+                .increment(1);
+            return;
+        }
+        pending.push((record, ended));
+        self.pending_gauge.set(pending.len() as f64);
+    }
+
     pub(crate) fn note_queued(&self) {
         let depth = self.backlog.fetch_add(1, Ordering::SeqCst) + 1;
         self.queue_depth.set(depth as f64);
@@ -438,5 +539,113 @@ impl UsageQueries {
             .filter(|(r, _)| query.filter.matches(r))
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::test_exchange;
+    use crate::record::TokenSource;
+    use crate::store::MemoryStore;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            store: Arc::new(MemoryStore::new()),
+            pending: Mutex::new(Vec::new()),
+            moving: RwLock::new(()),
+            backlog: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            max_pending: 1_000,
+            queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
+            pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
+        })
+    }
+
+    /// A builder thread whose counting thread never runs (as when the CPU is
+    /// saturated and it gets none): every record still arrives, estimated,
+    /// within the deadline.
+    #[test]
+    fn drafts_the_counting_thread_cannot_get_to_are_estimated_in_time() {
+        let shared = shared();
+        let queue = Arc::new(CountQueue::new(Duration::from_millis(200)));
+        let (tx, rx) = mpsc::sync_channel(100);
+        let stage = BuildStage {
+            drafts: RecordBuilder::new(),
+            tokens: Arc::new(TokenCounter::shared()),
+            prices: Arc::new(PriceTable::bundled().unwrap()),
+            queue: queue.clone(),
+            metrics: RecordMetrics::default(),
+            estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
+        };
+        let builder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || build_loop(rx, stage, &shared))
+        };
+        let sent = Instant::now();
+        for _ in 0..5 {
+            shared.note_queued();
+            tx.send(test_exchange("gpt-4o-mini", "{}")).unwrap();
+        }
+        while shared.pending_len() < 5 {
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "the drafts were never taken back"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Not before the deadline (50 ms: a quarter of the flush interval).
+        assert!(sent.elapsed() >= Duration::from_millis(50));
+        assert_eq!(queue.len(), 0);
+        {
+            let pending = shared.pending.lock().unwrap();
+            for (r, _) in pending.iter() {
+                assert_eq!(r.token_source, TokenSource::Estimate);
+                assert!(r.verbatim_prompt_tokens.unwrap() > 0);
+            }
+        }
+        shared.stopping.store(true, Ordering::SeqCst);
+        builder.join().unwrap();
+    }
+
+    #[test]
+    fn the_counting_thread_counts_exactly_when_it_gets_to_a_draft() {
+        use llm_proxy_core::ExchangeObserver;
+        let tracker = UsageTracker::start(
+            &UsageTrackingConfig::default(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(PriceTable::bundled().unwrap()),
+        )
+        .unwrap();
+        let collector = tracker.collector();
+        let answer = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hello, whole wide world! How are you today?"},"finish_reason":"stop"}]}"#;
+        let ex = test_exchange("gpt-4o-mini", answer);
+        let (method, uri, headers) = (
+            http::Method::POST,
+            http::Uri::from_static("/v1/chat/completions"),
+            http::HeaderMap::new(),
+        );
+        let attempt = ex.outcome.served_by.clone().unwrap();
+        let now = Instant::now();
+        collector.on_client_request(&ex.ctx, &method, &uri, &headers, &ex.client_request);
+        let backend_request = ex.backend_request.clone().unwrap();
+        collector.on_backend_request(&ex.ctx, &attempt, &uri, &headers, &backend_request);
+        collector.on_backend_response_head(&ex.ctx, &attempt, http::StatusCode::OK, &headers, now);
+        collector.on_backend_response_chunk(&ex.ctx, &attempt, &ex.backend_response[0], now);
+        collector.on_client_response_head(&ex.ctx, http::StatusCode::OK, &headers, now);
+        collector.on_client_response_chunk(&ex.ctx, &ex.client_response[0], now);
+        collector.on_exchange_end(&ex.ctx, &ex.outcome);
+        let queries = tracker.queries();
+        assert_eq!(tracker.shutdown().unwrap(), 1);
+        let query = UsageQuery {
+            limit: 10,
+            ..UsageQuery::default()
+        };
+        let page = queries.recent(&query).unwrap();
+        let r = &page.records[0];
+        assert_eq!(r.token_source, TokenSource::Proxy, "{r:?}");
+        assert_eq!(r.verbatim_completion_tokens, Some(11));
+        assert_eq!(r.completion_tokens, 11);
+        assert_eq!(r.mutated_prompt_tokens, r.verbatim_prompt_tokens);
     }
 }

@@ -1,0 +1,209 @@
+//! The counting stage: the proxy's own token counts are exact when the
+//! machine has CPU to spare, and length estimates when it has none.
+//!
+//! The builder thread (normal priority) drafts every record and offers the
+//! draft here. The counting thread runs at the lowest CPU priority (nice 19
+//! on Linux), so tokenizing never competes with serving requests: when the
+//! proxy saturates the CPU, the counting thread gets little of it, drafts
+//! wait, and the builder takes back any draft that waited longer than the
+//! deadline (a quarter of the flush interval, at most 250 ms) and finishes it
+//! with estimates (`token_source = "estimate"` when the backend reported no
+//! usage; `llm_proxy_usage_estimated_records_total` counts them). A record
+//! therefore reaches the pending buffer at most one deadline after its
+//! exchange ended, counted or not.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::builder::Draft;
+
+/// Drafts waiting at most; past this the builder estimates at once.
+const MAX_JOBS: usize = 4_096;
+/// Body bytes held by waiting drafts at most.
+const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The longest a draft waits for exact counting.
+const MAX_DEADLINE: Duration = Duration::from_millis(250);
+
+struct Job {
+    draft: Box<Draft>,
+    bytes: usize,
+    queued_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    bytes: usize,
+    /// The counting thread sleeps on `ready` (so a push wakes it only then).
+    idle: bool,
+    closed: bool,
+}
+
+/// Drafts waiting for the counting thread, oldest first.
+pub(crate) struct CountQueue {
+    state: Mutex<State>,
+    ready: Condvar,
+    deadline: Duration,
+}
+
+impl CountQueue {
+    /// A queue whose drafts wait at most a quarter of `flush_interval`
+    /// (10–250 ms).
+    pub(crate) fn new(flush_interval: Duration) -> CountQueue {
+        CountQueue {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            deadline: (flush_interval / 4).clamp(Duration::from_millis(10), MAX_DEADLINE),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `draft` for exact counting, or gives it back when the queue is
+    /// full (the counting thread is far behind) or closed.
+    pub(crate) fn offer(&self, draft: Box<Draft>) -> Result<(), Box<Draft>> {
+        let bytes = draft.held_bytes();
+        let mut state = self.lock();
+        if state.closed || state.jobs.len() >= MAX_JOBS || state.bytes + bytes > MAX_BYTES {
+            return Err(draft);
+        }
+        state.bytes += bytes;
+        state.jobs.push_back(Job {
+            draft,
+            bytes,
+            queued_at: Instant::now(),
+        });
+        if state.idle {
+            state.idle = false;
+            drop(state);
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The oldest draft if it waited past the deadline, taken back from the
+    /// queue (the caller estimates it).
+    pub(crate) fn take_stale(&self, now: Instant) -> Option<Box<Draft>> {
+        let mut state = self.lock();
+        let stale = state
+            .jobs
+            .front()
+            .is_some_and(|j| now.saturating_duration_since(j.queued_at) >= self.deadline);
+        if !stale {
+            return None;
+        }
+        let job = state.jobs.pop_front()?;
+        state.bytes -= job.bytes;
+        Some(job.draft)
+    }
+
+    /// The next draft to count; blocks while the queue is empty. `None` once
+    /// the queue is closed and empty.
+    pub(crate) fn next(&self) -> Option<Box<Draft>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.bytes -= job.bytes;
+                return Some(job.draft);
+            }
+            if state.closed {
+                return None;
+            }
+            state.idle = true;
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// No more offers; the counting thread ends once the queue is empty.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Drafts waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19): it runs
+/// on CPU time nothing else wants. Best effort: a failure is logged.
+pub(crate) fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+            tracing::debug!(error = %e, "cannot lower the token counting thread's priority");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{RecordBuilder, test_exchange};
+
+    fn draft(builder: &mut RecordBuilder) -> Box<Draft> {
+        Box::new(builder.draft(test_exchange("gpt-4o-mini", "{}")))
+    }
+
+    #[test]
+    fn drafts_wait_until_the_deadline_then_are_taken_back_oldest_first() {
+        let mut builder = RecordBuilder::new();
+        // A 40 ms flush interval: a 10 ms deadline.
+        let queue = CountQueue::new(Duration::from_millis(40));
+        assert!(queue.offer(draft(&mut builder)).is_ok());
+        assert!(queue.offer(draft(&mut builder)).is_ok());
+        assert!(queue.take_stale(Instant::now()).is_none(), "not stale yet");
+        assert_eq!(queue.len(), 2);
+        let later = Instant::now() + Duration::from_millis(10);
+        assert!(queue.offer(draft(&mut builder)).is_ok());
+        let first = queue.take_stale(later).unwrap();
+        let second = queue.take_stale(later).unwrap();
+        assert!(first.ended_at() <= second.ended_at());
+        // The third was queued just now: it stays for the counting thread.
+        assert!(queue.take_stale(later).is_none());
+        assert_eq!(queue.len(), 1);
+        assert!(queue.next().is_some());
+        queue.close();
+        assert!(queue.next().is_none(), "closed and empty: the thread ends");
+        assert!(
+            queue.offer(draft(&mut builder)).is_err(),
+            "closed: no offers"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_gives_the_draft_back() {
+        let mut builder = RecordBuilder::new();
+        let queue = CountQueue::new(Duration::from_secs(1));
+        for _ in 0..MAX_JOBS {
+            assert!(queue.offer(draft(&mut builder)).is_ok());
+        }
+        assert!(queue.offer(draft(&mut builder)).is_err());
+        // Bytes bound too.
+        let queue = CountQueue::new(Duration::from_secs(1));
+        let mut big = test_exchange("gpt-4o-mini", "{}");
+        big.client_request = bytes::Bytes::from(vec![b' '; MAX_BYTES / 2 + 1]);
+        assert!(queue.offer(Box::new(builder.draft(big))).is_ok());
+        let mut big = test_exchange("gpt-4o-mini", "{}");
+        big.client_request = bytes::Bytes::from(vec![b' '; MAX_BYTES / 2 + 1]);
+        assert!(queue.offer(Box::new(builder.draft(big))).is_err());
+    }
+
+    #[test]
+    fn a_waiting_counter_wakes_for_a_new_draft() {
+        let queue = std::sync::Arc::new(CountQueue::new(Duration::from_secs(1)));
+        let waiter = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.next().is_some())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let mut builder = RecordBuilder::new();
+        assert!(queue.offer(draft(&mut builder)).is_ok());
+        assert!(waiter.join().unwrap());
+    }
+}
