@@ -49,9 +49,17 @@ PROXY_URL=$(wait_ready_line "$logf" 'llm-proxy listening on ' "$PROXY_PID" "$BEN
 url=$PROXY_URL/v1/chat/completions
 # Warm-up (tokenizers, connection pools, SQLite pages), then the counters
 # are zeroed: the figures are the measured part only.
-"$LOADGEN_BIN" --url "$url" --body "$BENCH_WORK/body.json" --mode closed --connections 1 \
-    --seconds 5 --warmup 0 $UNIQUE >/dev/null
-sleep 2 # the tracker catches up and flushes
+warm=$("$LOADGEN_BIN" --url "$url" --body "$BENCH_WORK/body.json" --mode closed --connections 1 \
+    --seconds 5 --warmup 0 $UNIQUE | jq '.completed_incl_warmup')
+if [[ $TRACKING == on ]]; then
+    # Under valgrind, building a tokenizer takes ~10 s: wait for every
+    # warm-up record.
+    for _ in $(seq 120); do
+        (($(curl -s "$PROXY_URL/v1/usage/stats" | jq '.request_count') >= warm)) && break
+        sleep 1
+    done
+fi
+sleep 2
 callgrind_control -z "$PROXY_PID" >/dev/null
 load=$("$LOADGEN_BIN" --url "$url" --body "$BENCH_WORK/body.json" --mode closed \
     --connections "$CONNS" --seconds "$SECS" --warmup 0 $UNIQUE)

@@ -245,7 +245,14 @@ async fn a_client_that_leaves_mid_stream_leaves_an_incomplete_record() {
     let up = MockUpstream::start(MockUpstreamConfig::default())
         .await
         .unwrap();
-    let proxy = proxy_with_usage(&up, ":memory:").await;
+    // Tokens are counted by the counting thread, which runs only on CPU time
+    // nothing else wants; a long flush interval gives it 2 s (a quarter)
+    // before the record would be estimated, however busy the test machine.
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    c.usage_tracking.persistence_path = ":memory:".to_owned();
+    c.usage_tracking.flush_interval_seconds = 8.0;
+    let proxy = Proxy::start(c).await;
     let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let body = chat("openai:gpt-4o-mini", "a b c d e f g h", true);
     let req = format!(

@@ -157,14 +157,14 @@ impl RecordBuilder {
         };
 
         let record = UsageRecord {
-            id: ctx.request_id.to_string(),
+            id: String::from(&*ctx.request_id),
             timestamp: format_rfc3339(timestamp_us),
             timestamp_us,
-            session_id: ctx.session_id.to_string(),
+            session_id: String::from(&*ctx.session_id),
             turn_number,
             backend_type: served
                 .map_or_else(|| "none".to_owned(), |a| a.backend_type.as_str().to_owned()),
-            backend: served.map_or_else(|| "none".to_owned(), |a| a.backend.to_string()),
+            backend: served.map_or_else(|| "none".to_owned(), |a| String::from(&*a.backend)),
             model,
             requested_model: ctx.requested_model.clone(),
             frontend_type: frontend.as_str().to_owned(),

@@ -2,15 +2,17 @@
 //! machine has CPU to spare, and length estimates when it has none.
 //!
 //! The builder thread (normal priority) drafts every record and offers the
-//! draft here. The counting thread runs at the lowest CPU priority (nice 19
-//! on Linux), so tokenizing never competes with serving requests: when the
+//! draft here. The counting thread runs at the lowest CPU priority
+//! (`SCHED_IDLE` on Linux), so tokenizing never competes with serving
+//! requests: when the
 //! proxy saturates the CPU, the counting thread gets little of it, drafts
 //! wait, and the builder takes back any draft that waited longer than the
-//! deadline (a quarter of the flush interval, at most 250 ms) and finishes it
-//! with estimates (`token_source = "estimate"` when the backend reported no
-//! usage; `llm_proxy_usage_estimated_records_total` counts them). A record
-//! therefore reaches the pending buffer at most one deadline after its
-//! exchange ended, counted or not.
+//! deadline (a quarter of the flush interval) and finishes it with estimates
+//! (`token_source = "estimate"` when the backend reported no usage;
+//! `llm_proxy_usage_estimated_records_total` counts them). A record therefore
+//! reaches the pending buffer at most one deadline after its exchange ended,
+//! counted or not, and the writer flushes every three quarters of the
+//! interval: a record is durable at most one flush interval after its end.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -22,8 +24,6 @@ use crate::builder::Draft;
 const MAX_JOBS: usize = 4_096;
 /// Body bytes held by waiting drafts at most.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
-/// The longest a draft waits for exact counting.
-const MAX_DEADLINE: Duration = Duration::from_millis(250);
 
 struct Job {
     draft: Box<Draft>,
@@ -49,13 +49,18 @@ pub(crate) struct CountQueue {
 
 impl CountQueue {
     /// A queue whose drafts wait at most a quarter of `flush_interval`
-    /// (10–250 ms).
+    /// (at least 10 ms).
     pub(crate) fn new(flush_interval: Duration) -> CountQueue {
         CountQueue {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
-            deadline: (flush_interval / 4).clamp(Duration::from_millis(10), MAX_DEADLINE),
+            deadline: (flush_interval / 4).max(Duration::from_millis(10)),
         }
+    }
+
+    /// The longest a draft waits for exact counting.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,11 +134,21 @@ impl CountQueue {
     }
 }
 
-/// Lowers the calling thread's CPU priority to the least (nice 19): it runs
-/// on CPU time nothing else wants. Best effort: a failure is logged.
+/// Lowers the calling thread's CPU priority to the least: `SCHED_IDLE` on
+/// Linux (it runs only on CPU time nothing else wants, and any other thread
+/// waking up preempts it at once), else nice 19. Best effort: a failure is
+/// logged.
 pub(crate) fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle).is_ok() {
+            return;
+        }
         let tid = rustix::thread::gettid();
         if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
             tracing::debug!(error = %e, "cannot lower the token counting thread's priority");

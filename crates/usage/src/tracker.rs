@@ -123,11 +123,16 @@ impl UsageTracker {
         let retention = config
             .retention_days
             .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+        // A record waits at most `deadline` for counting, then at most one
+        // write period: durable at most one flush interval after its end.
+        let write_period = interval
+            .saturating_sub(counting.deadline())
+            .max(Duration::from_millis(10));
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("usage-writer".into())
-                .spawn(move || write_loop(&shared, interval, retention))
+                .spawn(move || write_loop(&shared, write_period, retention))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the usage writer thread: {e}"))
                 })?
@@ -611,8 +616,14 @@ mod tests {
     #[test]
     fn the_counting_thread_counts_exactly_when_it_gets_to_a_draft() {
         use llm_proxy_core::ExchangeObserver;
+        // A long flush interval: the draft may wait 15 s for the counting
+        // thread, however busy the machine running the tests is.
+        let config = UsageTrackingConfig {
+            flush_interval_seconds: 60.0,
+            ..UsageTrackingConfig::default()
+        };
         let tracker = UsageTracker::start(
-            &UsageTrackingConfig::default(),
+            &config,
             Arc::new(MemoryStore::new()),
             Arc::new(PriceTable::bundled().unwrap()),
         )
