@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::json::{compact, error_message};
 use super::lenient::{Field, Json, List, Num, Str};
-use super::response::{ResponseFacts, ToolCall};
+use super::response::{ResponseFacts, ToolCall, set_text};
 use super::usage::{AnthropicUsage, UsageField};
 
 /// The keys read of an event's data or of a body: an event (`type`,
@@ -200,7 +200,7 @@ impl AnthropicState {
             "message_delta" => {
                 let reason = data.delta.object().and_then(|d| d.stop_reason.nonempty());
                 if let Some(reason) = reason {
-                    self.stop_reason = Some(reason.to_owned());
+                    set_text(&mut self.stop_reason, reason);
                 }
                 self.usage.merge(&data.usage);
             }
@@ -225,10 +225,10 @@ impl AnthropicState {
 
     fn message(&mut self, message: MessageIn<'_>) {
         if let Some(model) = message.model.nonempty() {
-            self.model = Some(model.to_owned());
+            set_text(&mut self.model, model);
         }
         if let Some(reason) = message.stop_reason.nonempty() {
-            self.stop_reason = Some(reason.to_owned());
+            set_text(&mut self.stop_reason, reason);
         }
         self.usage.merge(&message.usage);
         for (position, block) in message.content.0.into_iter().enumerate() {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::json::error_message;
 use super::lenient::{Field, Json, List, Num, Str, skip_visits};
-use super::response::{ResponseFacts, ToolCall, join_nonempty};
+use super::response::{ResponseFacts, ToolCall, join_nonempty, set_text};
 use super::usage::{UsageField, usage_from_field};
 use crate::record::BackendUsage;
 
@@ -255,7 +255,7 @@ impl ChatState {
             self.error = Some(message);
         }
         if let Some(model) = value.model.nonempty() {
-            self.model = Some(model.to_owned());
+            set_text(&mut self.model, model);
         }
         if let Some(usage) = usage_from_field(Frontend::OpenAiChat, &value.usage) {
             self.usage = Some(usage);
@@ -277,7 +277,7 @@ impl ChatState {
                 state.text.push_str(text);
             }
             if let Some(reason) = choice.finish_reason.nonempty() {
-                state.finish_reason = Some(reason.to_owned());
+                set_text(&mut state.finish_reason, reason);
             }
         }
     }

@@ -286,3 +286,11 @@ pub(crate) fn join_nonempty<'a>(pieces: impl IntoIterator<Item = &'a str>) -> St
     }
     out
 }
+
+/// Sets `slot` to `text`, allocating only when it changes (a stream repeats
+/// its model in every event).
+pub(crate) fn set_text(slot: &mut Option<String>, text: &str) {
+    if slot.as_deref() != Some(text) {
+        *slot = Some(text.to_owned());
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::json::error_message;
 use super::lenient::{Field, Json, List, Num, Str};
-use super::response::{ResponseFacts, ToolCall, join_nonempty};
+use super::response::{ResponseFacts, ToolCall, join_nonempty, set_text};
 use super::usage::{UsageField, usage_from_field};
 use crate::record::BackendUsage;
 
@@ -320,14 +320,14 @@ impl ResponsesState {
 
     fn response(&mut self, response: ResponseIn<'_>) {
         if let Some(model) = response.model.nonempty() {
-            self.model = Some(model.to_owned());
+            set_text(&mut self.model, model);
         }
         if let Some(status) = response.status.nonempty() {
-            self.status = Some(status.to_owned());
+            set_text(&mut self.status, status);
         }
         let incomplete = response.incomplete_details.object();
         if let Some(reason) = incomplete.and_then(|d| d.reason.nonempty()) {
-            self.incomplete_reason = Some(reason.to_owned());
+            set_text(&mut self.incomplete_reason, reason);
         }
         if let Some(error) = response.error.as_ref().and_then(error_message) {
             self.error = Some(error);
