@@ -10,47 +10,23 @@ use super::lenient::{Field, Json, List, Num, Str};
 use super::response::{ResponseFacts, ToolCall, set_text};
 use super::usage::{AnthropicUsage, UsageField};
 
-/// The keys read of an event's data or of a body: an event (`type`,
-/// `message`, `index`, `content_block`, `delta`, `usage`, `error`) or a whole
-/// `message` (whose keys are in [`MessageIn`]).
+/// The keys read of an event's data, of a body or of a `message` (one
+/// shape for all three: a `message` is read by the same keys): an event's
+/// `type`, `message`, `index`, `content_block`, `delta`, `usage`, `error`,
+/// a message's `model`, `stop_reason`, `usage`, `content`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct AnthropicIn<'a> {
     #[serde(borrow, rename = "type")]
     kind: Str<'a>,
     #[serde(borrow)]
-    message: Field<Box<MessageIn<'a>>>,
+    message: Field<Box<AnthropicIn<'a>>>,
     index: Num,
     #[serde(borrow)]
     content_block: Field<BlockIn<'a>>,
     #[serde(borrow)]
     delta: Field<DeltaIn<'a>>,
     error: Json,
-    #[serde(borrow)]
-    model: Str<'a>,
-    #[serde(borrow)]
-    stop_reason: Str<'a>,
-    usage: UsageField,
-    #[serde(borrow)]
-    content: List<BlockIn<'a>>,
-}
-
-impl<'a> AnthropicIn<'a> {
-    /// The keys of a `message`, taken out of a body.
-    fn take_message(&mut self) -> MessageIn<'a> {
-        MessageIn {
-            model: std::mem::take(&mut self.model),
-            stop_reason: std::mem::take(&mut self.stop_reason),
-            usage: std::mem::take(&mut self.usage),
-            content: std::mem::take(&mut self.content),
-        }
-    }
-}
-
-/// A `message` object (a body, or `message_start`'s `message`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct MessageIn<'a> {
     #[serde(borrow)]
     model: Str<'a>,
     #[serde(borrow)]
@@ -211,10 +187,9 @@ impl AnthropicState {
     }
 
     /// A whole JSON body: a `message` or an `error`.
-    pub(crate) fn body(&mut self, mut body: AnthropicIn<'_>) {
+    pub(crate) fn body(&mut self, body: AnthropicIn<'_>) {
         self.set_error(&body);
-        let message = body.take_message();
-        self.message(message);
+        self.message(body);
     }
 
     fn set_error(&mut self, value: &AnthropicIn<'_>) {
@@ -223,7 +198,7 @@ impl AnthropicState {
         }
     }
 
-    fn message(&mut self, message: MessageIn<'_>) {
+    fn message(&mut self, message: AnthropicIn<'_>) {
         if let Some(model) = message.model.nonempty() {
             set_text(&mut self.model, model);
         }

@@ -15,8 +15,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// Parses `bytes` as `T`; on a data error (duplicate keys) retries through
@@ -105,6 +106,20 @@ macro_rules! skip_visits {
 }
 pub(crate) use skip_visits;
 
+/// Implements `visit_borrowed_str` and `visit_str` of a visitor: the string,
+/// borrowed when it can be, wrapped by `$wrap` (a `Cow<str>` → value function).
+macro_rules! text_visits {
+    ($wrap:expr) => {
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(($wrap)(std::borrow::Cow::Borrowed(v)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(($wrap)(std::borrow::Cow::Owned(v.to_owned())))
+        }
+    };
+}
+pub(crate) use text_visits;
+
 /// A field read as a string: absent, present but not a string (null
 /// included), or the string.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -151,15 +166,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str::Text(Cow::Borrowed(v)))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str::Text(Cow::Owned(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str::Text(Cow::Owned(v.to_owned())))
-            }
+            text_visits!(Str::Text);
             skip_visits!(Str::NotText; bool i64 u64 f64 unit seq map);
         }
         deserializer.deserialize_any(V(PhantomData))
@@ -351,6 +358,35 @@ impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for List<T> {
             skip_visits!(List(Vec::new()); bool i64 u64 f64 str unit map);
         }
         deserializer.deserialize_any(V(PhantomData))
+    }
+}
+
+/// A content part (OpenAI chat content, Responses content and summaries).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PartIn<'a> {
+    #[serde(borrow)]
+    pub(crate) text: Str<'a>,
+    #[serde(borrow)]
+    pub(crate) refusal: Str<'a>,
+}
+
+impl<'a> PartIn<'a> {
+    /// The `text` string, else the `refusal` string (OpenAI chat).
+    pub(crate) fn into_text_or_refusal(self) -> Option<Cow<'a, str>> {
+        match self.text {
+            Str::Text(text) => Some(text),
+            _ => self.refusal.into_text(),
+        }
+    }
+
+    /// `text`, or `refusal` when there is no `text` key at all (Responses).
+    pub(crate) fn text_unless_refusal(&self) -> Option<&str> {
+        if self.text.is_present() {
+            self.text.get()
+        } else {
+            self.refusal.get()
+        }
     }
 }
 

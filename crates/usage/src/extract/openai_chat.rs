@@ -12,7 +12,7 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::json::error_message;
-use super::lenient::{Field, Json, List, Num, Str, skip_visits};
+use super::lenient::{Field, Json, List, Num, PartIn, Str, skip_visits, text_visits};
 use super::response::{ResponseFacts, ToolCall, join_nonempty, set_text};
 use super::usage::{UsageField, usage_from_field};
 use crate::record::BackendUsage;
@@ -101,17 +101,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Arguments<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Arguments::Text(Cow::Borrowed(v)))
-            }
+            text_visits!(Arguments::Text);
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 Value::deserialize(MapAccessDeserializer::new(map)).map(Arguments::Object)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Arguments::Text(Cow::Owned(v.to_owned())))
             }
             skip_visits!(Arguments::None; bool i64 u64 f64 unit seq);
         }
@@ -128,15 +120,6 @@ struct Content<'a>(Option<Cow<'a, str>>);
 #[derive(Debug, Default)]
 struct ContentPart<'a>(Option<Cow<'a, str>>);
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PartIn<'a> {
-    #[serde(borrow)]
-    text: Str<'a>,
-    #[serde(borrow)]
-    refusal: Str<'a>,
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -145,15 +128,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Content(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Content(Some(Cow::Owned(v.to_owned()))))
-            }
+            text_visits!(|text| Content(Some(text)));
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut text: Option<Cow<'de, str>> = None;
                 while let Some(ContentPart(part)) = seq.next_element()? {
@@ -179,22 +154,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for ContentPart<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(ContentPart(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(ContentPart(Some(Cow::Owned(v.to_owned()))))
-            }
+            text_visits!(|text| ContentPart(Some(text)));
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 let part = PartIn::deserialize(MapAccessDeserializer::new(map))?;
-                let text = match part.text {
-                    Str::Text(text) => Some(text),
-                    _ => part.refusal.into_text(),
-                };
-                Ok(ContentPart(text))
+                Ok(ContentPart(part.into_text_or_refusal()))
             }
             skip_visits!(ContentPart(None); bool i64 u64 f64 unit seq);
         }

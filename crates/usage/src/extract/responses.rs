@@ -7,20 +7,20 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::json::error_message;
-use super::lenient::{Field, Json, List, Num, Str};
+use super::lenient::{Field, Json, List, Num, PartIn, Str};
 use super::response::{ResponseFacts, ToolCall, join_nonempty, set_text};
 use super::usage::{UsageField, usage_from_field};
 use crate::record::BackendUsage;
 
-/// The keys read of an event's data or of a body: an event's keys, and a
-/// whole `response`'s (the body, or the `response` event).
+/// The keys read of an event's data, of a body or of a `response` (one
+/// shape for all three): an event's keys, and a `response`'s.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct ResponsesIn<'a> {
     #[serde(borrow, rename = "type")]
     kind: Str<'a>,
     #[serde(borrow)]
-    response: Field<Box<ResponseIn<'a>>>,
+    response: Field<Box<ResponsesIn<'a>>>,
     #[serde(borrow)]
     item: Field<Box<ItemIn<'a>>>,
     output_index: Num,
@@ -42,36 +42,6 @@ pub(crate) struct ResponsesIn<'a> {
     #[serde(borrow)]
     name: Str<'a>,
     // The keys of a `response`.
-    #[serde(borrow)]
-    model: Str<'a>,
-    #[serde(borrow)]
-    status: Str<'a>,
-    #[serde(borrow)]
-    incomplete_details: Field<IncompleteIn<'a>>,
-    error: Json,
-    usage: UsageField,
-    #[serde(borrow)]
-    output: List<ItemIn<'a>>,
-}
-
-impl<'a> ResponsesIn<'a> {
-    /// The keys of a `response`, taken out of a body.
-    fn take_response(&mut self) -> ResponseIn<'a> {
-        ResponseIn {
-            model: std::mem::take(&mut self.model),
-            status: std::mem::take(&mut self.status),
-            incomplete_details: std::mem::take(&mut self.incomplete_details),
-            error: self.error.take(),
-            usage: std::mem::take(&mut self.usage),
-            output: std::mem::take(&mut self.output),
-        }
-    }
-}
-
-/// A `response` object.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ResponseIn<'a> {
     #[serde(borrow)]
     model: Str<'a>,
     #[serde(borrow)]
@@ -111,27 +81,6 @@ struct ItemIn<'a> {
     /// Reasoning summary parts.
     #[serde(borrow)]
     summary: List<PartIn<'a>>,
-}
-
-/// A content or summary part.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PartIn<'a> {
-    #[serde(borrow)]
-    text: Str<'a>,
-    #[serde(borrow)]
-    refusal: Str<'a>,
-}
-
-impl PartIn<'_> {
-    /// `text`, or `refusal` when there is no `text` key.
-    fn text(&self) -> Option<&str> {
-        if self.text.is_present() {
-            self.text.get()
-        } else {
-            self.refusal.get()
-        }
-    }
 }
 
 /// Statuses that end a response (others, e.g. `in_progress`, are no finish reason).
@@ -175,7 +124,7 @@ impl Item {
             Some("message") => {
                 let mut parts = BTreeMap::new();
                 for (position, part) in item.content.0.iter().enumerate() {
-                    if let Some(text) = part.text() {
+                    if let Some(text) = part.text_unless_refusal() {
                         parts.insert(position as u64, text.to_owned());
                     }
                 }
@@ -260,7 +209,7 @@ impl ResponsesState {
             | "response.content_part.done" => {
                 let done = (data.text.get())
                     .or_else(|| data.refusal.get())
-                    .or_else(|| data.part.object().and_then(PartIn::text));
+                    .or_else(|| data.part.object().and_then(PartIn::text_unless_refusal));
                 if let Some(done) = done {
                     let done = done.to_owned();
                     let item = self.item_mut(&data);
@@ -304,21 +253,17 @@ impl ResponsesState {
                     self.error = Some(error);
                 }
             }
-            "response" => {
-                let response = data.take_response();
-                self.response(response);
-            }
+            "response" => self.response(data),
             _ => {}
         }
     }
 
     /// A whole JSON body: a `response` object or an error body.
-    pub(crate) fn body(&mut self, mut body: ResponsesIn<'_>) {
-        let response = body.take_response();
-        self.response(response);
+    pub(crate) fn body(&mut self, body: ResponsesIn<'_>) {
+        self.response(body);
     }
 
-    fn response(&mut self, response: ResponseIn<'_>) {
+    fn response(&mut self, response: ResponsesIn<'_>) {
         if let Some(model) = response.model.nonempty() {
             set_text(&mut self.model, model);
         }
