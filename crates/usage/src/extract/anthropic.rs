@@ -25,7 +25,7 @@ pub(crate) struct AnthropicIn<'a> {
     #[serde(borrow)]
     content_block: Field<BlockIn<'a>>,
     #[serde(borrow)]
-    delta: Field<DeltaIn<'a>>,
+    delta: Field<BlockIn<'a>>,
     error: Json,
     #[serde(borrow)]
     model: Str<'a>,
@@ -36,7 +36,8 @@ pub(crate) struct AnthropicIn<'a> {
     content: List<BlockIn<'a>>,
 }
 
-/// A content block.
+/// A content block, or a delta (`content_block_delta`'s or
+/// `message_delta`'s): they share their keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct BlockIn<'a> {
@@ -49,18 +50,6 @@ struct BlockIn<'a> {
     #[serde(borrow)]
     name: Str<'a>,
     input: Json,
-}
-
-/// A `content_block_delta`'s or a `message_delta`'s `delta`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct DeltaIn<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Str<'a>,
-    #[serde(borrow)]
-    text: Str<'a>,
-    #[serde(borrow)]
-    thinking: Str<'a>,
     #[serde(borrow)]
     partial_json: Str<'a>,
     #[serde(borrow)]
@@ -121,7 +110,7 @@ impl Block {
         }
     }
 
-    fn add_delta(&mut self, delta: &DeltaIn<'_>) {
+    fn add_delta(&mut self, delta: &BlockIn<'_>) {
         match delta.kind.get() {
             Some("text_delta") => {
                 if self.kind == Kind::Other {
