@@ -30,6 +30,7 @@
 
 mod anthropic;
 mod json;
+mod lenient;
 mod openai_chat;
 mod prompt;
 mod response;

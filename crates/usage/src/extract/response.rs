@@ -1,13 +1,13 @@
 //! [`ResponseFacts`] and the streaming [`ResponseAccumulator`] that builds them.
 
 use llm_proxy_core::Frontend;
-use serde_json::Value;
 
-use super::anthropic::AnthropicState;
+use super::anthropic::{AnthropicIn, AnthropicState};
 use super::json::truncate;
-use super::openai_chat::ChatState;
-use super::responses::ResponsesState;
-use super::sse::{SseEvent, SseParser};
+use super::lenient::{Field, parse, parse_str};
+use super::openai_chat::{ChatIn, ChatState};
+use super::responses::{ResponsesIn, ResponsesState};
+use super::sse::SseParser;
 use crate::record::BackendUsage;
 
 /// Largest JSON body buffered for extraction; a bigger body yields no facts.
@@ -145,9 +145,9 @@ impl ResponseAccumulator {
                     }
                 }
                 let state = &mut self.state;
-                parser.feed(chunk, |event| {
+                parser.feed_borrowed(chunk, |name, data| {
                     *events += 1;
-                    state.sse_event(&event);
+                    state.sse_event(name, data);
                 });
                 if *events > 0 && !prefix.is_empty() {
                     *prefix = Vec::new();
@@ -161,18 +161,10 @@ impl ResponseAccumulator {
         let ResponseAccumulator { mut state, mode } = self;
         match mode {
             Mode::Json { buf, overflow } => {
-                if !overflow {
-                    match serde_json::from_slice::<Value>(&buf) {
-                        Ok(body) => state.body(&body),
-                        Err(_) if looks_like_sse(&buf) => {
-                            let mut parser = SseParser::new();
-                            parser.feed(&buf, |event| state.sse_event(&event));
-                            if let Some(event) = parser.finish() {
-                                state.sse_event(&event);
-                            }
-                        }
-                        Err(_) => {}
-                    }
+                if !overflow && !state.body(&buf, false) && looks_like_sse(&buf) {
+                    let mut parser = SseParser::new();
+                    parser.feed_borrowed(&buf, |name, data| state.sse_event(name, data));
+                    parser.finish_borrowed(|name, data| state.sse_event(name, data));
                 }
             }
             Mode::Sse {
@@ -181,15 +173,12 @@ impl ResponseAccumulator {
                 prefix,
                 prefix_overflow,
             } => {
-                if let Some(event) = parser.finish() {
+                parser.finish_borrowed(|name, data| {
                     events += 1;
-                    state.sse_event(&event);
-                }
-                if events == 0
-                    && !prefix_overflow
-                    && let Ok(body @ Value::Object(_)) = serde_json::from_slice::<Value>(&prefix)
-                {
-                    state.body(&body);
+                    state.sse_event(name, data);
+                });
+                if events == 0 && !prefix_overflow {
+                    state.body(&prefix, true);
                 }
             }
         }
@@ -224,34 +213,56 @@ impl State {
         }
     }
 
-    fn sse_event(&mut self, event: &SseEvent) {
-        let data = event.data.trim();
+    fn sse_event(&mut self, name: Option<&str>, data: &str) {
+        let data = data.trim();
         if data.is_empty() || data == "[DONE]" {
             return;
         }
-        match serde_json::from_str::<Value>(data) {
-            Ok(value) => match self {
-                State::Chat(s) => s.value(&value),
-                State::Anthropic(s) => s.event(event.event.as_deref(), &value),
-                State::Responses(s) => s.event(event.event.as_deref(), &value),
-            },
-            Err(_) if event.event.as_deref() == Some("error") => {
-                let message = truncate(data.to_owned(), MAX_RAW_ERROR_BYTES);
-                match self {
-                    State::Chat(s) => s.error = Some(message),
-                    State::Anthropic(s) => s.error = Some(message),
-                    State::Responses(s) => s.error = Some(message),
-                }
+        let mut scratch = String::new();
+        let parsed = match self {
+            State::Chat(s) => parse_str::<Field<ChatIn<'_>>>(data, &mut scratch)
+                .map(|value| s.value(&value.into_object_or_default())),
+            State::Anthropic(s) => parse_str::<Field<AnthropicIn<'_>>>(data, &mut scratch)
+                .map(|value| s.event(name, value.into_object_or_default())),
+            State::Responses(s) => parse_str::<Field<ResponsesIn<'_>>>(data, &mut scratch)
+                .map(|value| s.event(name, value.into_object_or_default(), data)),
+        };
+        if parsed.is_none() && name == Some("error") {
+            let message = truncate(data.to_owned(), MAX_RAW_ERROR_BYTES);
+            match self {
+                State::Chat(s) => s.error = Some(message),
+                State::Anthropic(s) => s.error = Some(message),
+                State::Responses(s) => s.error = Some(message),
             }
-            Err(_) => {}
         }
     }
 
-    fn body(&mut self, body: &Value) {
+    /// Reads a whole JSON body (when `only_object`, only a JSON object);
+    /// false when it is not JSON.
+    fn body(&mut self, body: &[u8], only_object: bool) -> bool {
+        let mut scratch = String::new();
         match self {
-            State::Chat(s) => s.value(body),
-            State::Anthropic(s) => s.body(body),
-            State::Responses(s) => s.body(body),
+            State::Chat(s) => parse::<Field<ChatIn<'_>>>(body, &mut scratch)
+                .map(|value| {
+                    if !only_object || value.object().is_some() {
+                        s.value(&value.into_object_or_default());
+                    }
+                })
+                .is_some(),
+            State::Anthropic(s) => parse::<Field<AnthropicIn<'_>>>(body, &mut scratch)
+                .map(|value| {
+                    if !only_object || value.object().is_some() {
+                        s.body(value.into_object_or_default());
+                    }
+                })
+                .is_some(),
+            State::Responses(s) => parse::<Field<ResponsesIn<'_>>>(body, &mut scratch)
+                .map(|value| {
+                    if !only_object || value.object().is_some() {
+                        s.body(value.into_object_or_default());
+                    }
+                })
+                .is_some(),
         }
     }
 
@@ -274,4 +285,12 @@ pub(crate) fn join_nonempty<'a>(pieces: impl IntoIterator<Item = &'a str>) -> St
         out.push_str(piece);
     }
     out
+}
+
+/// Sets `slot` to `text`, allocating only when it changes (a stream repeats
+/// its model in every event).
+pub(crate) fn set_text(slot: &mut Option<String>, text: &str) {
+    if slot.as_deref() != Some(text) {
+        *slot = Some(text.to_owned());
+    }
 }

@@ -3,12 +3,85 @@
 use std::collections::{BTreeMap, HashMap};
 
 use llm_proxy_core::Frontend;
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::json::{error_message, index, string};
-use super::response::{ResponseFacts, ToolCall, join_nonempty};
-use super::usage::usage_from_json;
+use super::json::error_message;
+use super::lenient::{Field, Json, List, Num, PartIn, Str};
+use super::response::{ResponseFacts, ToolCall, join_nonempty, set_text};
+use super::usage::{UsageField, usage_from_field};
 use crate::record::BackendUsage;
+
+/// The keys read of an event's data, of a body or of a `response` (one
+/// shape for all three): an event's keys, and a `response`'s.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ResponsesIn<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Str<'a>,
+    #[serde(borrow)]
+    response: Field<Box<ResponsesIn<'a>>>,
+    #[serde(borrow)]
+    item: Field<Box<ItemIn<'a>>>,
+    output_index: Num,
+    content_index: Num,
+    #[serde(borrow)]
+    item_id: Str<'a>,
+    #[serde(borrow)]
+    delta: Str<'a>,
+    #[serde(borrow)]
+    text: Str<'a>,
+    #[serde(borrow)]
+    refusal: Str<'a>,
+    #[serde(borrow)]
+    part: Field<PartIn<'a>>,
+    #[serde(borrow)]
+    arguments: Str<'a>,
+    #[serde(borrow)]
+    input: Str<'a>,
+    #[serde(borrow)]
+    name: Str<'a>,
+    // The keys of a `response`.
+    #[serde(borrow)]
+    model: Str<'a>,
+    #[serde(borrow)]
+    status: Str<'a>,
+    #[serde(borrow)]
+    incomplete_details: Field<IncompleteIn<'a>>,
+    error: Json,
+    usage: UsageField,
+    #[serde(borrow)]
+    output: List<ItemIn<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct IncompleteIn<'a> {
+    #[serde(borrow)]
+    reason: Str<'a>,
+}
+
+/// An output item.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ItemIn<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Str<'a>,
+    #[serde(borrow)]
+    id: Str<'a>,
+    #[serde(borrow)]
+    name: Str<'a>,
+    #[serde(borrow)]
+    arguments: Str<'a>,
+    #[serde(borrow)]
+    input: Str<'a>,
+    /// Message parts, or reasoning content parts.
+    #[serde(borrow)]
+    content: List<PartIn<'a>>,
+    /// Reasoning summary parts.
+    #[serde(borrow)]
+    summary: List<PartIn<'a>>,
+}
 
 /// Statuses that end a response (others, e.g. `in_progress`, are no finish reason).
 const TERMINAL_STATUSES: &[&str] = &["completed", "incomplete", "failed", "cancelled"];
@@ -45,19 +118,13 @@ struct Item {
 }
 
 impl Item {
-    fn from_json(item: &Value) -> Item {
-        let text_of = |key: &str| {
-            item.get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        match item.get("type").and_then(Value::as_str) {
+    fn from_json(item: ItemIn<'_>) -> Item {
+        let text_of = |s: Str<'_>| s.into_text().map(String::from).unwrap_or_default();
+        match item.kind.get() {
             Some("message") => {
                 let mut parts = BTreeMap::new();
-                let content = item.get("content").and_then(Value::as_array);
-                for (position, part) in content.into_iter().flatten().enumerate() {
-                    if let Some(text) = part_text(part) {
+                for (position, part) in item.content.0.iter().enumerate() {
+                    if let Some(text) = part.text_unless_refusal() {
                         parts.insert(position as u64, text.to_owned());
                     }
                 }
@@ -69,22 +136,20 @@ impl Item {
             }
             Some("function_call") => Item {
                 kind: Kind::ToolCall,
-                name: text_of("name"),
-                arguments: text_of("arguments"),
+                name: text_of(item.name),
+                arguments: text_of(item.arguments),
                 ..Item::default()
             },
             Some("custom_tool_call") => Item {
                 kind: Kind::ToolCall,
-                name: text_of("name"),
-                arguments: text_of("input"),
+                name: text_of(item.name),
+                arguments: text_of(item.input),
                 ..Item::default()
             },
             Some("reasoning") => {
-                let texts = ["summary", "content"]
-                    .into_iter()
-                    .filter_map(|key| item.get(key).and_then(Value::as_array))
-                    .flatten()
-                    .filter_map(|part| part.get("text").and_then(Value::as_str));
+                let texts = (item.summary.0.iter())
+                    .chain(&item.content.0)
+                    .filter_map(|part| part.text.get());
                 Item {
                     kind: Kind::Reasoning,
                     reasoning: join_nonempty(texts),
@@ -102,17 +167,11 @@ impl Item {
     }
 }
 
-fn part_text(part: &Value) -> Option<&str> {
-    part.get("text")
-        .or_else(|| part.get("refusal"))
-        .and_then(Value::as_str)
-}
-
 impl ResponsesState {
-    /// One SSE event (its `type` field, else the SSE event name, says which).
-    pub(crate) fn event(&mut self, name: Option<&str>, data: &Value) {
-        let kind = string(data, "type").or(name).unwrap_or_default();
-        let text = |key: &str| data.get(key).and_then(Value::as_str);
+    /// One SSE event (its `type` field, else the SSE event name, says which);
+    /// `raw` is the event's JSON text (an error event is read as a whole).
+    pub(crate) fn event(&mut self, name: Option<&str>, mut data: ResponsesIn<'_>, raw: &str) {
+        let kind = data.kind.nonempty().or(name).unwrap_or_default();
         match kind {
             "response.created"
             | "response.queued"
@@ -121,70 +180,74 @@ impl ResponsesState {
             | "response.incomplete"
             | "response.failed"
             | "response.cancelled" => {
-                if let Some(response) = data.get("response") {
-                    self.response(response);
+                if let Field::Object(response) = data.response {
+                    self.response(*response);
                 }
             }
-            "response.output_item.added" => {
-                if let Some(item) = data.get("item") {
-                    let key = self.item_key(data, item);
+            "response.output_item.added" | "response.output_item.done"
+                if data.item.is_present() =>
+            {
+                let item = std::mem::take(&mut data.item).into_object_or_default();
+                let key = self.item_key(&data, &item);
+                if kind == "response.output_item.added" {
                     self.items
                         .entry(key)
-                        .or_insert_with(|| Item::from_json(item));
-                }
-            }
-            "response.output_item.done" => {
-                if let Some(item) = data.get("item") {
-                    let key = self.item_key(data, item);
-                    self.items.insert(key, Item::from_json(item));
+                        .or_insert_with(|| Item::from_json(*item));
+                } else {
+                    self.items.insert(key, Item::from_json(*item));
                 }
             }
             "response.output_text.delta" | "response.refusal.delta" => {
-                let item = self.item_mut(data);
+                let item = self.item_mut(&data);
                 item.becomes(Kind::Message);
-                let part = index(data, "content_index").unwrap_or(0);
-                let piece = text("delta").unwrap_or_default();
+                let part = data.content_index.index().unwrap_or(0);
+                let piece = data.delta.get().unwrap_or_default();
                 item.parts.entry(part).or_default().push_str(piece);
             }
             "response.output_text.done"
             | "response.refusal.done"
             | "response.content_part.done" => {
-                let done = text("text")
-                    .or_else(|| text("refusal"))
-                    .or_else(|| data.get("part").and_then(part_text));
+                let done = (data.text.get())
+                    .or_else(|| data.refusal.get())
+                    .or_else(|| data.part.object().and_then(PartIn::text_unless_refusal));
                 if let Some(done) = done {
-                    let item = self.item_mut(data);
+                    let done = done.to_owned();
+                    let item = self.item_mut(&data);
                     item.becomes(Kind::Message);
-                    let part = index(data, "content_index").unwrap_or(0);
-                    item.parts.insert(part, done.to_owned());
+                    let part = data.content_index.index().unwrap_or(0);
+                    item.parts.insert(part, done);
                 }
             }
             "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
-                let item = self.item_mut(data);
+                let item = self.item_mut(&data);
                 item.becomes(Kind::ToolCall);
-                item.arguments.push_str(text("delta").unwrap_or_default());
+                item.arguments
+                    .push_str(data.delta.get().unwrap_or_default());
             }
             "response.function_call_arguments.done" | "response.custom_tool_call_input.done" => {
-                let arguments = text("arguments").or_else(|| text("input"));
-                let name = string(data, "name");
-                let item = self.item_mut(data);
+                let item = self.item_mut(&data);
                 item.becomes(Kind::ToolCall);
-                if let Some(arguments) = arguments {
+                if let Some(arguments) = data.arguments.get().or_else(|| data.input.get()) {
                     item.arguments = arguments.to_owned();
                 }
-                if let Some(name) = name {
+                if let Some(name) = data.name.nonempty() {
                     item.name = name.to_owned();
                 }
             }
             "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
-                let item = self.item_mut(data);
+                let item = self.item_mut(&data);
                 item.becomes(Kind::Reasoning);
-                item.reasoning.push_str(text("delta").unwrap_or_default());
+                item.reasoning
+                    .push_str(data.delta.get().unwrap_or_default());
             }
             "error" => {
+                // Rare: read the whole event (its message may be at the top).
+                let Ok(data) = serde_json::from_str::<Value>(raw) else {
+                    return;
+                };
                 let error = match data.get("error") {
                     Some(inner) if !inner.is_null() => error_message(inner),
-                    _ => error_message(data),
+                    _ => error_message(&data),
                 };
                 if let Some(error) = error {
                     self.error = Some(error);
@@ -196,49 +259,42 @@ impl ResponsesState {
     }
 
     /// A whole JSON body: a `response` object or an error body.
-    pub(crate) fn body(&mut self, body: &Value) {
+    pub(crate) fn body(&mut self, body: ResponsesIn<'_>) {
         self.response(body);
     }
 
-    fn response(&mut self, response: &Value) {
-        if let Some(model) = string(response, "model") {
-            self.model = Some(model.to_owned());
+    fn response(&mut self, response: ResponsesIn<'_>) {
+        if let Some(model) = response.model.nonempty() {
+            set_text(&mut self.model, model);
         }
-        if let Some(status) = string(response, "status") {
-            self.status = Some(status.to_owned());
+        if let Some(status) = response.status.nonempty() {
+            set_text(&mut self.status, status);
         }
-        if let Some(reason) = response
-            .get("incomplete_details")
-            .and_then(|d| string(d, "reason"))
-        {
-            self.incomplete_reason = Some(reason.to_owned());
+        let incomplete = response.incomplete_details.object();
+        if let Some(reason) = incomplete.and_then(|d| d.reason.nonempty()) {
+            set_text(&mut self.incomplete_reason, reason);
         }
-        if let Some(error) = response.get("error").and_then(error_message) {
+        if let Some(error) = response.error.as_ref().and_then(error_message) {
             self.error = Some(error);
         }
-        if let Some(usage) = response
-            .get("usage")
-            .and_then(|u| usage_from_json(Frontend::OpenAiResponses, u))
-        {
+        if let Some(usage) = usage_from_field(Frontend::OpenAiResponses, &response.usage) {
             self.usage = Some(usage);
         }
         // The terminal response carries the whole output: it is authoritative.
-        if let Some(output) = response.get("output").and_then(Value::as_array) {
-            for (position, item) in output.iter().enumerate() {
-                let key = position as u64;
-                if let Some(id) = string(item, "id") {
-                    self.ids.insert(id.to_owned(), key);
-                }
-                self.items.insert(key, Item::from_json(item));
+        for (position, item) in response.output.0.into_iter().enumerate() {
+            let key = position as u64;
+            if let Some(id) = item.id.nonempty() {
+                self.ids.insert(id.to_owned(), key);
             }
+            self.items.insert(key, Item::from_json(item));
         }
     }
 
     /// The output index an event or item is about: `output_index`, else the
     /// index known for its `item_id` / `id`, else after the last item.
-    fn item_key(&mut self, data: &Value, item: &Value) -> u64 {
-        let id = string(item, "id").or_else(|| string(data, "item_id"));
-        let key = index(data, "output_index")
+    fn item_key(&mut self, data: &ResponsesIn<'_>, item: &ItemIn<'_>) -> u64 {
+        let id = item.id.nonempty().or_else(|| data.item_id.nonempty());
+        let key = (data.output_index.index())
             .or_else(|| id.and_then(|id| self.ids.get(id).copied()))
             .unwrap_or_else(|| {
                 self.items
@@ -254,9 +310,9 @@ impl ResponsesState {
 
     /// The item a delta event is about: by `output_index`, else `item_id`,
     /// else the last item.
-    fn item_mut(&mut self, data: &Value) -> &mut Item {
-        let key = index(data, "output_index")
-            .or_else(|| string(data, "item_id").and_then(|id| self.ids.get(id).copied()))
+    fn item_mut(&mut self, data: &ResponsesIn<'_>) -> &mut Item {
+        let key = (data.output_index.index())
+            .or_else(|| (data.item_id.nonempty()).and_then(|id| self.ids.get(id).copied()))
             .or_else(|| self.items.keys().next_back().copied())
             .unwrap_or(0);
         self.items.entry(key).or_default()

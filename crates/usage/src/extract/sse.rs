@@ -5,6 +5,8 @@
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+/// Event data buffers bigger than this are released after their event, not reused.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
 
 /// One dispatched SSE event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -79,6 +81,16 @@ impl SseParser {
 
     /// Feeds one chunk, calling `on_event` for each event it completes.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        self.feed_borrowed(chunk, |event, data| on_event(owned(event, data)));
+    }
+
+    /// [`feed`](Self::feed) with borrowed events: `on_event(event, data)`
+    /// (no allocation per event; the buffers are reused).
+    pub(crate) fn feed_borrowed(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(Option<&str>, &str),
+    ) {
         if self.start_done {
             self.feed_bytes(chunk, &mut on_event);
             return;
@@ -96,22 +108,27 @@ impl SseParser {
     /// Ends the stream: returns a last event not followed by a blank line, if any.
     pub fn finish(&mut self) -> Option<SseEvent> {
         let mut last = None;
-        if !self.start_done {
-            self.start_done = true;
-            let start = std::mem::take(&mut self.start);
-            self.feed_bytes(&start, &mut |event| last = Some(event));
-        }
-        if !self.line.is_empty() || self.line_overflow {
-            self.end_line(&mut |event| last = Some(event));
-        }
-        self.after_cr = false;
-        if !self.data.is_empty() || self.event_overflow {
-            self.dispatch(&mut |event| last = Some(event));
-        }
+        self.finish_borrowed(|event, data| last = Some(owned(event, data)));
         last
     }
 
-    fn feed_bytes(&mut self, bytes: &[u8], on_event: &mut impl FnMut(SseEvent)) {
+    /// [`finish`](Self::finish) with a borrowed event.
+    pub(crate) fn finish_borrowed(&mut self, mut on_event: impl FnMut(Option<&str>, &str)) {
+        if !self.start_done {
+            self.start_done = true;
+            let start = std::mem::take(&mut self.start);
+            self.feed_bytes(&start, &mut on_event);
+        }
+        if !self.line.is_empty() || self.line_overflow {
+            self.end_line(&mut on_event);
+        }
+        self.after_cr = false;
+        if !self.data.is_empty() || self.event_overflow {
+            self.dispatch(&mut on_event);
+        }
+    }
+
+    fn feed_bytes(&mut self, bytes: &[u8], on_event: &mut impl FnMut(Option<&str>, &str)) {
         let mut rest = bytes;
         // A `\r` ended the previous chunk: a `\n` starting this one belongs to it.
         // (An empty chunk changes nothing.)
@@ -122,11 +139,16 @@ impl SseParser {
             }
         }
         while !rest.is_empty() {
-            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match find_line_end(rest) {
                 Some(at) => {
                     let (content, tail) = rest.split_at(at);
-                    self.append_line(content);
-                    self.end_line(on_event);
+                    if self.line.is_empty() && !self.line_overflow {
+                        // The whole line is in this chunk: read it in place.
+                        self.whole_line(content, on_event);
+                    } else {
+                        self.append_line(content);
+                        self.end_line(on_event);
+                    }
                     rest = match tail.split_first() {
                         Some((b'\r', after)) => match after.split_first() {
                             Some((b'\n', after_lf)) => after_lf,
@@ -160,7 +182,17 @@ impl SseParser {
         }
     }
 
-    fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent)) {
+    fn whole_line(&mut self, line: &[u8], on_event: &mut impl FnMut(Option<&str>, &str)) {
+        if line.len() > self.max_event_bytes {
+            self.event_overflow = true;
+        } else if line.is_empty() {
+            self.dispatch(on_event);
+        } else {
+            self.field(line);
+        }
+    }
+
+    fn end_line(&mut self, on_event: &mut impl FnMut(Option<&str>, &str)) {
         if self.line_overflow {
             self.line_overflow = false;
             self.event_overflow = true;
@@ -190,7 +222,10 @@ impl SseParser {
             None => (line, &[][..]),
         };
         match name {
-            b"event" => self.event_type = String::from_utf8_lossy(value).into_owned(),
+            b"event" => {
+                self.event_type.clear();
+                push_lossy(&mut self.event_type, value);
+            }
             b"data" => {
                 if self.event_overflow {
                     return;
@@ -200,27 +235,63 @@ impl SseParser {
                     self.data = String::new();
                     return;
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_lossy(&mut self.data, value);
                 self.data.push('\n');
             }
             _ => {}
         }
     }
 
-    fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent)) {
-        let event_type = std::mem::take(&mut self.event_type);
-        let mut data = std::mem::take(&mut self.data);
-        if std::mem::take(&mut self.event_overflow) || data.is_empty() {
-            return;
+    fn dispatch(&mut self, on_event: &mut impl FnMut(Option<&str>, &str)) {
+        if !std::mem::take(&mut self.event_overflow) && !self.data.is_empty() {
+            let data = self.data.strip_suffix('\n').unwrap_or(&self.data);
+            let event = (!self.event_type.is_empty()).then_some(self.event_type.as_str());
+            on_event(event, data);
         }
-        if data.ends_with('\n') {
-            data.pop();
+        self.event_type.clear();
+        if self.data.capacity() > KEEP_BUFFER_BYTES {
+            self.data = String::new();
+        } else {
+            self.data.clear();
         }
-        on_event(SseEvent {
-            event: (!event_type.is_empty()).then_some(event_type),
-            data,
-        });
     }
+}
+
+fn owned(event: Option<&str>, data: &str) -> SseEvent {
+    SseEvent {
+        event: event.map(str::to_owned),
+        data: data.to_owned(),
+    }
+}
+
+/// Appends `bytes` as UTF-8, invalid sequences replaced.
+fn push_lossy(out: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// Position of the first `\n` or `\r`, eight bytes at a time.
+fn find_line_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let is_end = |b: &u8| *b == b'\n' || *b == b'\r';
+    // Non-zero when a byte of `word` equals `byte` (the classic has-zero-byte test).
+    let has = |word: u64, byte: u8| {
+        let x = word ^ (ONES * u64::from(byte));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let (words, tail) = bytes.as_chunks::<8>();
+    for (n, word) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*word);
+        if has(w, b'\n') | has(w, b'\r') != 0
+            && let Some(at) = word.iter().position(is_end)
+        {
+            return Some(n * 8 + at);
+        }
+    }
+    tail.iter().position(is_end).map(|at| words.len() * 8 + at)
 }
 
 #[cfg(test)]
@@ -369,6 +440,16 @@ mod tests {
             cuts in prop::collection::vec(any::<usize>(), 0..12),
         ) {
             prop_assert_eq!(chunked(&input, &cuts), whole(&input));
+        }
+
+        #[test]
+        fn line_end_is_the_first_cr_or_lf(
+            input in prop::collection::vec(prop::sample::select(vec![b'a', b'\n', b'\r', 0x0a ^ 0x80, 0xff, 0x00]), 0..40),
+            skip in 0usize..40,
+        ) {
+            let naive = |bytes: &[u8]| bytes.iter().position(|b| *b == b'\n' || *b == b'\r');
+            let from = skip.min(input.len());
+            prop_assert_eq!(find_line_end(&input[from..]), naive(&input[from..]));
         }
 
         #[test]

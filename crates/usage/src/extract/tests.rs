@@ -736,6 +736,182 @@ fn truncated_or_mislabelled_bodies() {
     );
 }
 
+#[test]
+fn wrong_typed_fields_cost_only_that_field_chat_json() {
+    let facts =
+        |body: Value| ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    // Counts as a string and an integral float; a null total is computed.
+    let f = facts(
+        json!({"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"content": "hi", "tool_calls": {}}}],
+        "usage": {"prompt_tokens": "12", "completion_tokens": 3.0, "total_tokens": null}}),
+    );
+    assert_eq!(f.text, "hi");
+    assert_eq!(f.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+    assert!(f.tool_calls.is_empty());
+    let usage = f.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (Some(12), Some(3), Some(15))
+    );
+    // `choices` not an array: usage and model remain.
+    let f = facts(json!({"model": "m", "choices": 5,
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1}}));
+    assert_eq!((f.model.as_deref(), f.text.as_str()), (Some("m"), ""));
+    assert_eq!(f.usage.unwrap().total_tokens, Some(5));
+    // Wrong-typed content: the refusal, tool call and finish reason remain.
+    let f = facts(
+        json!({"choices": [{"finish_reason": "tool_calls", "message": {"content": 7,
+        "refusal": "no", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{}"}},
+        5, {"function": "x"}]}}]}),
+    );
+    assert_eq!(f.text, "no");
+    assert_eq!(f.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(f.tool_calls, [tool("f", "{}")]);
+    // Unreadable counts are absent, the readable ones stay; a bad usage or
+    // model costs only itself.
+    let f = facts(
+        json!({"model": 42, "choices": [{"message": {"content": "ok"}}],
+        "usage": {"prompt_tokens": "twelve", "completion_tokens": 4, "total_tokens": -1,
+            "prompt_tokens_details": [], "completion_tokens_details": {"reasoning_tokens": 1e300},
+            "cost": "free"}}),
+    );
+    let usage = f.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (None, Some(4), Some(4))
+    );
+    assert_eq!(
+        (usage.reasoning_tokens, usage.cost, usage.cached_tokens),
+        (None, None, None)
+    );
+    assert_eq!((f.model, f.text.as_str()), (None, "ok"));
+    let body = r#"{"choices": [{"message": {"content": "ok"}}],
+        "usage": {"prompt_tokens": 123456789012345678901234567890, "completion_tokens": 2}}"#;
+    let f = ResponseFacts::from_json(Frontend::OpenAiChat, body.as_bytes());
+    assert_eq!(f.usage.unwrap().prompt_tokens, None);
+    let f = facts(json!({"choices": [{"message": {"content": "ok"}}], "usage": "lots"}));
+    assert_eq!((f.usage, f.text.as_str()), (None, "ok"));
+    // Duplicate keys: the last wins, as in a `serde_json::Value`.
+    let body = br#"{"model": "a", "choices": [{"message": {"content": "x", "content": "y"}}],
+        "model": "b", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}"#;
+    let f = ResponseFacts::from_json(Frontend::OpenAiChat, body);
+    assert_eq!((f.model.as_deref(), f.text.as_str()), (Some("b"), "y"));
+    assert_eq!(f.usage.unwrap().total_tokens, Some(2));
+    // Not an object at all: nothing, and no panic.
+    for body in ["5", "\"x\"", "[]", "null", "[{\"choices\": []}]"] {
+        assert_eq!(
+            ResponseFacts::from_json(Frontend::OpenAiChat, body.as_bytes()),
+            ResponseFacts::default()
+        );
+    }
+}
+
+#[test]
+fn wrong_typed_fields_cost_only_that_field_streams() {
+    // OpenAI chat: a bad chunk, a chunk with bad pieces, a usage chunk with a string count.
+    let stream = sse(&[
+        chat_chunk(json!({"content": "Hel"}), None),
+        (None, json!({"choices": {"0": {"delta": {"content": "?"}}}})),
+        chat_chunk(json!({"content": 7, "tool_calls": {}}), None),
+        chat_chunk(
+            json!({"content": "lo", "tool_calls": [{"index": "0", "id": "c",
+            "function": {"name": 5, "arguments": "{\"a\":1}"}}]}),
+            Some("stop"),
+        ),
+        (
+            None,
+            json!({"choices": [], "usage": {"prompt_tokens": "12", "completion_tokens": 2}}),
+        ),
+    ]);
+    let f = sse_facts(Frontend::OpenAiChat, &stream);
+    assert_eq!(f.text, "Hello");
+    assert_eq!(f.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(f.tool_calls, [tool("", "{\"a\":1}")]);
+    assert_eq!(f.usage.unwrap().total_tokens, Some(14));
+
+    // Anthropic: wrong-typed usage fields, index, text and content.
+    let stream = sse(&[
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"model": "claude",
+            "content": "x", "usage": {"input_tokens": "10", "output_tokens": null,
+            "cache_read_input_tokens": [], "cache_creation_input_tokens": 2}}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": 5}}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": "0",
+            "delta": {"type": "text_delta", "text": "Hi"}}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": 7}}),
+        ),
+        (
+            Some("message_delta"),
+            json!({"type": "message_delta", "delta": "end",
+            "usage": {"output_tokens": 5.0}}),
+        ),
+        (
+            Some("message_delta"),
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn"}, "usage": 9}),
+        ),
+    ]);
+    let f = sse_facts(Frontend::AnthropicMessages, &stream);
+    assert_eq!(f.text, "Hi");
+    assert_eq!(f.model.as_deref(), Some("claude"));
+    assert_eq!(f.finish_reason.as_deref(), Some("end_turn"));
+    let usage = f.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens
+        ),
+        (Some(12), Some(5), None)
+    );
+
+    // Responses: a wrong-typed `output`, `status` and counts in the terminal response.
+    let stream = sse_typed(&[
+        json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+            "delta": "Hi"}),
+        json!({"type": "response.output_text.delta", "output_index": 0, "delta": 3}),
+        json!({"type": "response.completed", "response": {"model": "gpt-4.1", "status": 3,
+            "output": {}, "usage": {"input_tokens": "7", "output_tokens": 2,
+            "input_tokens_details": {"cached_tokens": "x"}}}}),
+    ]);
+    let f = sse_facts(Frontend::OpenAiResponses, &stream);
+    assert_eq!(f.text, "Hi");
+    assert_eq!(f.model.as_deref(), Some("gpt-4.1"));
+    assert_eq!(f.finish_reason, None);
+    let usage = f.usage.unwrap();
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            usage.cached_tokens
+        ),
+        (Some(7), Some(2), Some(9), None)
+    );
+}
+
 proptest! {
     #[test]
     fn garbage_never_panics(body in prop::collection::vec(any::<u8>(), 0..512), size in 1usize..64) {

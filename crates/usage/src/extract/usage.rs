@@ -2,10 +2,43 @@
 //! table in the module docs of `extract`).
 
 use llm_proxy_core::Frontend;
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::json::{count, money};
+use super::lenient::{Field, Num};
 use crate::record::BackendUsage;
+
+/// A `usage` field, boxed: [`UsageIn`] is big and the field is mostly absent or null.
+pub(crate) type UsageField = Field<Box<UsageIn>>;
+
+/// The keys of a `usage` object of any protocol that are read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct UsageIn {
+    prompt_tokens: Num,
+    completion_tokens: Num,
+    total_tokens: Num,
+    prompt_tokens_details: Field<DetailsIn>,
+    completion_tokens_details: Field<DetailsIn>,
+    prompt_cache_hit_tokens: Num,
+    input_tokens: Num,
+    output_tokens: Num,
+    input_tokens_details: Field<DetailsIn>,
+    output_tokens_details: Field<DetailsIn>,
+    cache_read_input_tokens: Num,
+    cache_creation_input_tokens: Num,
+    cost: Num,
+}
+
+/// A `*_tokens_details` object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DetailsIn {
+    cached_tokens: Num,
+    cache_write_tokens: Num,
+    cache_creation_tokens: Num,
+    reasoning_tokens: Num,
+}
 
 /// Normalizes one `usage` object of `protocol` to [`BackendUsage`].
 ///
@@ -14,17 +47,20 @@ use crate::record::BackendUsage;
 /// keys as Anthropic, `*_tokens_details` with `input_tokens` as Responses.
 /// Returns `None` when the object holds no count at all.
 pub fn usage_from_json(protocol: Frontend, usage: &Value) -> Option<BackendUsage> {
-    if !usage.is_object() {
-        return None;
-    }
-    let has = |key: &str| usage.get(key).is_some_and(|v| !v.is_null());
-    if has("prompt_tokens") || has("completion_tokens") {
+    let usage = UsageField::deserialize(usage).ok()?;
+    usage_from_field(protocol, &usage)
+}
+
+/// [`usage_from_json`] of a typed `usage` field.
+pub(crate) fn usage_from_field(protocol: Frontend, usage: &UsageField) -> Option<BackendUsage> {
+    let usage = usage.object()?;
+    if usage.prompt_tokens.is_set() || usage.completion_tokens.is_set() {
         return openai_chat(usage);
     }
-    if has("cache_read_input_tokens") || has("cache_creation_input_tokens") {
+    if usage.cache_read_input_tokens.is_set() || usage.cache_creation_input_tokens.is_set() {
         return anthropic(usage);
     }
-    if has("input_tokens_details") || has("output_tokens_details") {
+    if usage.input_tokens_details.is_set() || usage.output_tokens_details.is_set() {
         return responses(usage);
     }
     match protocol {
@@ -35,56 +71,60 @@ pub fn usage_from_json(protocol: Frontend, usage: &Value) -> Option<BackendUsage
     }
 }
 
-fn anthropic(usage: &Value) -> Option<BackendUsage> {
+fn anthropic(usage: &UsageIn) -> Option<BackendUsage> {
     let mut merged = AnthropicUsage::default();
-    merged.merge(usage);
+    merged.merge_object(usage);
     merged.normalized()
 }
 
 /// OpenAI Chat Completions `usage` (also OpenRouter, DeepSeek, vLLM, …).
-fn openai_chat(usage: &Value) -> Option<BackendUsage> {
-    let prompt_details = usage.get("prompt_tokens_details");
-    let completion_details = usage.get("completion_tokens_details");
-    let prompt = count(usage.get("prompt_tokens"));
-    let completion = count(usage.get("completion_tokens"));
+fn openai_chat(usage: &UsageIn) -> Option<BackendUsage> {
+    let prompt_details = usage.prompt_tokens_details.object();
+    let completion_details = usage.completion_tokens_details.object();
+    let prompt = usage.prompt_tokens.count();
+    let completion = usage.completion_tokens.count();
     finish(BackendUsage {
         prompt_tokens: prompt,
         completion_tokens: completion,
-        total_tokens: count(usage.get("total_tokens")).or_else(|| sum(prompt, completion)),
-        cached_tokens: detail(prompt_details, &["cached_tokens"])
-            .or_else(|| count(usage.get("prompt_cache_hit_tokens"))),
-        cache_creation_tokens: detail(
-            prompt_details,
-            &["cache_write_tokens", "cache_creation_tokens"],
-        ),
-        reasoning_tokens: detail(completion_details, &["reasoning_tokens"]),
-        cost: money(usage.get("cost")),
+        total_tokens: usage
+            .total_tokens
+            .count()
+            .or_else(|| sum(prompt, completion)),
+        cached_tokens: prompt_details
+            .and_then(|d| d.cached_tokens.count())
+            .or_else(|| usage.prompt_cache_hit_tokens.count()),
+        cache_creation_tokens: prompt_details.and_then(DetailsIn::cache_creation),
+        reasoning_tokens: completion_details.and_then(|d| d.reasoning_tokens.count()),
+        cost: usage.cost.money(),
     })
 }
 
 /// OpenAI Responses `usage`.
-fn responses(usage: &Value) -> Option<BackendUsage> {
-    let input_details = usage.get("input_tokens_details");
-    let output_details = usage.get("output_tokens_details");
-    let prompt = count(usage.get("input_tokens"));
-    let completion = count(usage.get("output_tokens"));
+fn responses(usage: &UsageIn) -> Option<BackendUsage> {
+    let input_details = usage.input_tokens_details.object();
+    let output_details = usage.output_tokens_details.object();
+    let prompt = usage.input_tokens.count();
+    let completion = usage.output_tokens.count();
     finish(BackendUsage {
         prompt_tokens: prompt,
         completion_tokens: completion,
-        total_tokens: count(usage.get("total_tokens")).or_else(|| sum(prompt, completion)),
-        cached_tokens: detail(input_details, &["cached_tokens"]),
-        cache_creation_tokens: detail(
-            input_details,
-            &["cache_write_tokens", "cache_creation_tokens"],
-        ),
-        reasoning_tokens: detail(output_details, &["reasoning_tokens"]),
-        cost: money(usage.get("cost")),
+        total_tokens: usage
+            .total_tokens
+            .count()
+            .or_else(|| sum(prompt, completion)),
+        cached_tokens: input_details.and_then(|d| d.cached_tokens.count()),
+        cache_creation_tokens: input_details.and_then(DetailsIn::cache_creation),
+        reasoning_tokens: output_details.and_then(|d| d.reasoning_tokens.count()),
+        cost: usage.cost.money(),
     })
 }
 
-fn detail(details: Option<&Value>, keys: &[&str]) -> Option<u64> {
-    let details = details?;
-    keys.iter().find_map(|key| count(details.get(*key)))
+impl DetailsIn {
+    fn cache_creation(&self) -> Option<u64> {
+        self.cache_write_tokens
+            .count()
+            .or_else(|| self.cache_creation_tokens.count())
+    }
 }
 
 fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -114,21 +154,24 @@ pub(crate) struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
-    /// Takes every non-null field of an Anthropic `usage` object.
-    pub(crate) fn merge(&mut self, usage: &Value) {
-        if !usage.is_object() {
-            return;
+    /// Takes every readable field of an Anthropic `usage` field (an object).
+    pub(crate) fn merge(&mut self, usage: &UsageField) {
+        if let Some(usage) = usage.object() {
+            self.merge_object(usage);
         }
-        let take = |slot: &mut Option<u64>, key: &str| {
-            if let Some(n) = count(usage.get(key)) {
+    }
+
+    fn merge_object(&mut self, usage: &UsageIn) {
+        let take = |slot: &mut Option<u64>, n: &Num| {
+            if let Some(n) = n.count() {
                 *slot = Some(n);
             }
         };
-        take(&mut self.input, "input_tokens");
-        take(&mut self.output, "output_tokens");
-        take(&mut self.cache_read, "cache_read_input_tokens");
-        take(&mut self.cache_creation, "cache_creation_input_tokens");
-        if let Some(cost) = money(usage.get("cost")) {
+        take(&mut self.input, &usage.input_tokens);
+        take(&mut self.output, &usage.output_tokens);
+        take(&mut self.cache_read, &usage.cache_read_input_tokens);
+        take(&mut self.cache_creation, &usage.cache_creation_input_tokens);
+        if let Some(cost) = usage.cost.money() {
             self.cost = Some(cost);
         }
     }
@@ -226,9 +269,12 @@ mod tests {
 
     #[test]
     fn anthropic_merge_takes_latest_non_null() {
+        let field = |v: Value| UsageField::deserialize(&v).unwrap();
         let mut m = AnthropicUsage::default();
-        m.merge(&json!({"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 1}));
-        m.merge(&json!({"output_tokens": 40, "input_tokens": null}));
+        m.merge(&field(
+            json!({"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 1}),
+        ));
+        m.merge(&field(json!({"output_tokens": 40, "input_tokens": null})));
         let n = m.normalized().unwrap();
         assert_eq!(n.prompt_tokens, Some(15));
         assert_eq!(n.completion_tokens, Some(40));
