@@ -54,8 +54,8 @@ pub struct Draft {
     exchange: FinishedExchange,
     /// The protocol spoken with the backend.
     backend_protocol: Frontend,
-    /// What the backend response counts as completion (leg 3), if it was read.
-    completion_text: Option<String>,
+    /// The backend response was read (a backend answered with a body).
+    read_response: bool,
     /// The model family's encoding, and whether it is that family's own.
     encoding: (Encoding, bool),
     /// Seconds from the first content byte to the end, if any.
@@ -80,6 +80,19 @@ impl Draft {
     /// When the exchange ended.
     pub fn ended_at(&self) -> Instant {
         self.exchange.ended_at
+    }
+
+    /// What the backend response counts as completion (leg 3), if it was
+    /// read: its full reading (text, reasoning, tool arguments).
+    fn completion_text(&self) -> Option<String> {
+        let ex = &self.exchange;
+        self.read_response.then(|| {
+            completion_text(&response_facts(
+                self.backend_protocol,
+                ex.backend_sse,
+                &ex.backend_response,
+            ))
+        })
     }
 }
 
@@ -116,9 +129,16 @@ impl RecordBuilder {
         let backend_protocol = served.map_or(frontend, |a| protocol_of(a.backend_type, frontend));
         let encoding = Encoding::for_model(&model);
 
-        let backend_facts = (served.is_some() && !ex.backend_response.is_empty())
-            .then(|| response_facts(backend_protocol, ex.backend_sse, &ex.backend_response));
-        let completion_text = backend_facts.as_ref().map(completion_text);
+        // Only what every record needs: usage and tool names (the text is
+        // read by whoever counts tokens).
+        let read = served.is_some() && !ex.backend_response.is_empty();
+        let backend_facts = read.then(|| {
+            let mut acc = ResponseAccumulator::essentials(backend_protocol, ex.backend_sse);
+            for c in &ex.backend_response {
+                acc.push(c);
+            }
+            acc.finish()
+        });
         let reported = backend_facts.as_ref().and_then(|f| f.usage.clone());
         let tool_names: Vec<String> = backend_facts
             .map(|f| f.tool_calls.into_iter().map(|t| t.name).collect())
@@ -198,7 +218,7 @@ impl RecordBuilder {
             record,
             exchange: ex,
             backend_protocol,
-            completion_text,
+            read_response: read,
             encoding,
             generation_s,
         }
@@ -305,9 +325,8 @@ impl TokenTally {
 
         // Leg 3 and 4: completions.
         let verbatim_completion = d
-            .completion_text
-            .as_deref()
-            .map(|text| self.count_text(encoding, text));
+            .completion_text()
+            .map(|text| self.count_text(encoding, &text));
         let mutated_completion = if same_chunks(&ex.backend_response, &ex.client_response) {
             verbatim_completion
         } else if ex.client_response.is_empty() {
@@ -326,11 +345,28 @@ impl TokenTally {
     }
 }
 
-/// Length estimates of the four legs, without parsing the prompts: a token
-/// per four bytes of a request body (JSON framing included), a token per
-/// four characters of the completion text already read.
+/// Estimates of the four legs, without tokenizing and mostly without
+/// parsing: the backend's own counts when it reported usage, else a token
+/// per four bytes of a request body (JSON framing included) and per four
+/// characters of the completion text.
 pub fn estimate_counts(d: &Draft) -> Counts {
     let ex = &d.exchange;
+    let reported = d.record.backend_reported_usage.as_ref();
+    let client_got_nothing = ex.client_response.is_empty();
+    if let Some(u) = reported.filter(|u| u.prompt_tokens.is_some() && u.completion_tokens.is_some())
+    {
+        let (prompt, completion) = (
+            u.prompt_tokens.unwrap_or(0),
+            u.completion_tokens.unwrap_or(0),
+        );
+        return Counts {
+            verbatim_prompt: prompt,
+            mutated_prompt: ex.backend_request.as_ref().map(|_| prompt),
+            verbatim_completion: Some(completion),
+            mutated_completion: Some(if client_got_nothing { 0 } else { completion }),
+            exact: false,
+        };
+    }
     let served = ex.outcome.served_by.as_ref();
     let per_four = |n: usize| (n as u64).div_ceil(4);
     let verbatim_prompt = per_four(ex.client_request.len());
@@ -345,9 +381,11 @@ pub fn estimate_counts(d: &Draft) -> Counts {
             per_four(body.len())
         }
     });
-    let verbatim_completion = d.completion_text.as_deref().map(crate::tokens::estimate);
+    let verbatim_completion = d
+        .completion_text()
+        .map(|text| crate::tokens::estimate(&text));
     // The client got the same content, perhaps in another protocol.
-    let mutated_completion = if ex.client_response.is_empty() {
+    let mutated_completion = if client_got_nothing {
         Some(0)
     } else {
         verbatim_completion
@@ -631,6 +669,11 @@ mod tests {
             (r.prompt_tokens, r.completion_tokens, r.total_tokens),
             (100, 50, 150)
         );
+        // Estimates take the backend's own counts: no parsing, no tokenizing.
+        assert_eq!(r.verbatim_prompt_tokens, Some(100));
+        assert_eq!(r.mutated_prompt_tokens, Some(100));
+        assert_eq!(r.verbatim_completion_tokens, Some(50));
+        assert_eq!(r.mutated_completion_tokens, Some(50));
         assert_eq!(r.cost_source, CostSource::PricingTable);
         let per_second = r.completion_tokens_per_second.unwrap();
         assert!((per_second - 50.0 / 0.02).abs() < 1e-6, "{per_second}");

@@ -8,6 +8,7 @@ use super::lenient::{Field, parse, parse_str};
 use super::openai_chat::{ChatIn, ChatState};
 use super::responses::{ResponsesIn, ResponsesState};
 use super::sse::SseParser;
+use super::usage::{AnthropicUsage, UsageField, usage_from_field};
 use crate::record::BackendUsage;
 
 /// Largest JSON body buffered for extraction; a bigger body yields no facts.
@@ -78,6 +79,9 @@ pub struct ToolCall {
 pub struct ResponseAccumulator {
     state: State,
     mode: Mode,
+    protocol: Frontend,
+    /// Only usage, tool calls and errors are wanted (see [`Self::essentials`]).
+    essentials_only: bool,
 }
 
 #[derive(Debug)]
@@ -113,6 +117,21 @@ impl ResponseAccumulator {
         ResponseAccumulator {
             state: State::new(protocol),
             mode,
+            protocol,
+            essentials_only: false,
+        }
+    }
+
+    /// An accumulator for what every usage record needs: the usage and the
+    /// tool calls' names. Stream events that cannot carry them (text,
+    /// reasoning and argument deltas: nearly every event) are skipped
+    /// unparsed, and a JSON body with no tool call or error is read for its
+    /// `usage` alone. The other facts (text, reasoning, arguments, finish
+    /// reason, model, error) may be incomplete: [`Self::new`] reads them all.
+    pub fn essentials(protocol: Frontend, is_sse: bool) -> ResponseAccumulator {
+        ResponseAccumulator {
+            essentials_only: true,
+            ..ResponseAccumulator::new(protocol, is_sse)
         }
     }
 
@@ -145,9 +164,12 @@ impl ResponseAccumulator {
                     }
                 }
                 let state = &mut self.state;
+                let all = !self.essentials_only;
                 parser.feed_borrowed(chunk, |name, data| {
                     *events += 1;
-                    state.sse_event(name, data);
+                    if all || carries_essentials(name, data) {
+                        state.sse_event(name, data);
+                    }
                 });
                 if *events > 0 && !prefix.is_empty() {
                     *prefix = Vec::new();
@@ -158,9 +180,23 @@ impl ResponseAccumulator {
 
     /// Ends the body and returns what was found.
     pub fn finish(self) -> ResponseFacts {
-        let ResponseAccumulator { mut state, mode } = self;
+        let ResponseAccumulator {
+            mut state,
+            mode,
+            protocol,
+            essentials_only,
+        } = self;
         match mode {
             Mode::Json { buf, overflow } => {
+                if essentials_only
+                    && !overflow
+                    && let Some(usage) = usage_only(protocol, &buf)
+                {
+                    return ResponseFacts {
+                        usage,
+                        ..ResponseFacts::default()
+                    };
+                }
                 if !overflow && !state.body(&buf, false) && looks_like_sse(&buf) {
                     let mut parser = SseParser::new();
                     parser.feed_borrowed(&buf, |name, data| state.sse_event(name, data));
@@ -175,7 +211,9 @@ impl ResponseAccumulator {
             } => {
                 parser.finish_borrowed(|name, data| {
                     events += 1;
-                    state.sse_event(name, data);
+                    if !essentials_only || carries_essentials(name, data) {
+                        state.sse_event(name, data);
+                    }
                 });
                 if events == 0 && !prefix_overflow {
                     state.body(&prefix, true);
@@ -184,6 +222,76 @@ impl ResponseAccumulator {
         }
         state.finish()
     }
+}
+
+/// Byte strings whose presence means an event or body may make or name a
+/// tool call or report an error (suffix matches: `tool_use"` also finds
+/// `server_tool_use"`; the Responses argument events make a tool call too).
+const ESSENTIAL_KEYS: [&[u8]; 8] = [
+    b"tool_calls\"",
+    b"function_call\"",
+    b"tool_call\"",
+    b"tool_use\"",
+    b"function_call_arguments",
+    b"custom_tool_call_input",
+    b"input_json_delta",
+    b"\"error\"",
+];
+
+/// Whether an SSE event may carry usage, a tool call's name or an error.
+/// Inside JSON strings quotes are escaped, so these byte strings can only be
+/// keys (or whole string values); an event without any of them is a delta
+/// of text, reasoning or arguments.
+fn carries_essentials(name: Option<&str>, data: &str) -> bool {
+    let named = name
+        .is_some_and(|n| n == "error" || n.contains("function_call") || n.contains("tool_call"));
+    named || names_tools_or_errors(data.as_bytes()) || has_usage(data.as_bytes())
+}
+
+fn names_tools_or_errors(data: &[u8]) -> bool {
+    ESSENTIAL_KEYS
+        .iter()
+        .any(|key| memchr::memmem::find(data, key).is_some())
+}
+
+/// A `"usage"` key whose value is not `null` (OpenAI puts `"usage": null` in
+/// every chunk of a stream that asked for usage, but the last).
+fn has_usage(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = &data[at + b"\"usage\"".len()..];
+        let rest = rest.trim_ascii_start();
+        match rest.strip_prefix(b":") {
+            Some(value) => !value.trim_ascii_start().starts_with(b"null"),
+            None => true,
+        }
+    })
+}
+
+/// The top-level keys read of a body when only its usage is wanted.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct UsageOnly {
+    usage: UsageField,
+}
+
+/// The usage of a JSON object body that names no tool call and reports no
+/// error (then nothing else in it is essential): `Some(None)` when it has
+/// none. `None` when the body needs the full reading.
+fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' || names_tools_or_errors(body) {
+        return None;
+    }
+    let mut scratch = String::new();
+    let parsed = parse::<Field<UsageOnly>>(body, &mut scratch)?.into_object()?;
+    Some(match protocol {
+        Frontend::AnthropicMessages => {
+            let mut usage = AnthropicUsage::default();
+            usage.merge(&parsed.usage);
+            usage.normalized()
+        }
+        _ => usage_from_field(protocol, &parsed.usage),
+    })
 }
 
 fn looks_like_sse(buf: &[u8]) -> bool {

@@ -21,18 +21,56 @@ const ALL: [Frontend; 3] = [
     Frontend::OpenAiResponses,
 ];
 
-/// Feeds `body` in pieces of `size` bytes.
+/// Feeds `body` in pieces of `size` bytes (and checks the essentials
+/// reading against the full one).
 fn feed(protocol: Frontend, is_sse: bool, body: &[u8], size: usize) -> ResponseFacts {
     let mut acc = ResponseAccumulator::new(protocol, is_sse);
     for chunk in body.chunks(size.max(1)) {
         acc.push(chunk);
     }
-    acc.finish()
+    let full = acc.finish();
+    check_essentials(protocol, is_sse, body, size, &full);
+    full
+}
+
+/// `ResponseAccumulator::essentials` finds the same usage and tool names as
+/// the full reading.
+fn check_essentials(
+    protocol: Frontend,
+    is_sse: bool,
+    body: &[u8],
+    size: usize,
+    full: &ResponseFacts,
+) {
+    let mut acc = ResponseAccumulator::essentials(protocol, is_sse);
+    for chunk in body.chunks(size.max(1)) {
+        acc.push(chunk);
+    }
+    let essentials = acc.finish();
+    let names = |f: &ResponseFacts| {
+        f.tool_calls
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let shown = || String::from_utf8_lossy(body).into_owned();
+    assert_eq!(essentials.usage, full.usage, "usage of {}", shown());
+    assert_eq!(names(&essentials), names(full), "tool names of {}", shown());
+}
+
+/// Facts of a whole JSON body, the essentials reading checked too.
+fn json_facts(protocol: Frontend, body: &[u8]) -> ResponseFacts {
+    feed(protocol, false, body, body.len())
+}
+
+/// Facts of a whole stream, the essentials reading checked too.
+fn whole_sse_facts(protocol: Frontend, stream: &[u8]) -> ResponseFacts {
+    feed(protocol, true, stream, stream.len())
 }
 
 /// The same facts whatever the chunk size (1 byte, odd sizes, whole).
 fn sse_facts(protocol: Frontend, stream: &str) -> ResponseFacts {
-    let whole = ResponseFacts::from_sse(protocol, stream.as_bytes());
+    let whole = whole_sse_facts(protocol, stream.as_bytes());
     for size in [1, 2, 3, 7, 64] {
         assert_eq!(
             feed(protocol, true, stream.as_bytes(), size),
@@ -85,7 +123,7 @@ fn openai_chat_json_with_cached_and_reasoning_tokens() {
         "service_tier": "default",
         "system_fingerprint": "fp_42bfad963b"
     });
-    let facts = ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::OpenAiChat, body.to_string().as_bytes());
     assert_eq!(
         facts,
         ResponseFacts {
@@ -130,7 +168,7 @@ fn openrouter_json_with_cost_reasoning_and_tool_calls() {
                   "prompt_tokens_details": {"cached_tokens": 1024},
                   "completion_tokens_details": {"reasoning_tokens": 12}}
     });
-    let facts = ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::OpenAiChat, body.to_string().as_bytes());
     let usage = facts.usage.clone().unwrap();
     assert_eq!(usage.cost, Some(0.006099));
     assert_eq!(usage.cached_tokens, Some(1024));
@@ -287,7 +325,7 @@ fn openai_chat_stream_tool_calls_without_index() {
 fn openai_chat_errors_json_and_stream() {
     let body = json!({"error": {"message": "Rate limit reached for gpt-4o", "type": "requests",
                                 "param": null, "code": "rate_limit_exceeded"}});
-    let facts = ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::OpenAiChat, body.to_string().as_bytes());
     assert_eq!(
         facts.error.as_deref(),
         Some("rate_limit_exceeded: Rate limit reached for gpt-4o")
@@ -317,7 +355,7 @@ fn openai_chat_multiple_choices() {
         {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"},
         {"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
          "finish_reason": "stop"}]});
-    let facts = ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::OpenAiChat, body.to_string().as_bytes());
     assert_eq!(facts.text, "A\nB");
     assert_eq!(facts.finish_reason.as_deref(), Some("stop"));
 }
@@ -341,7 +379,7 @@ fn anthropic_json_with_cache_thinking_and_tool_use() {
                   "service_tier": "standard",
                   "cache_creation": {"ephemeral_5m_input_tokens": 188, "ephemeral_1h_input_tokens": 0}}
     });
-    let facts = ResponseFacts::from_json(Frontend::AnthropicMessages, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::AnthropicMessages, body.to_string().as_bytes());
     assert_eq!(
         facts,
         ResponseFacts {
@@ -512,7 +550,7 @@ fn anthropic_message_delta_may_carry_input_and_cache_fields() {
 fn anthropic_errors_json_and_stream() {
     let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
                       "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"});
-    let facts = ResponseFacts::from_json(Frontend::AnthropicMessages, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::AnthropicMessages, body.to_string().as_bytes());
     assert_eq!(facts.error.as_deref(), Some("overloaded_error: Overloaded"));
 
     let stream = format!(
@@ -553,7 +591,7 @@ fn responses_json_with_reasoning_and_cached_tokens() {
                   "output_tokens": 520, "output_tokens_details": {"reasoning_tokens": 448},
                   "total_tokens": 1820}
     });
-    let facts = ResponseFacts::from_json(Frontend::OpenAiResponses, body.to_string().as_bytes());
+    let facts = json_facts(Frontend::OpenAiResponses, body.to_string().as_bytes());
     assert_eq!(
         facts,
         ResponseFacts {
@@ -701,7 +739,7 @@ fn responses_failed_and_error_events() {
     assert!(facts.error.as_deref().unwrap().ends_with("slow down"));
 
     let body = Frontend::OpenAiResponses.error_body(400, "bad input");
-    let facts = ResponseFacts::from_json(Frontend::OpenAiResponses, &body);
+    let facts = json_facts(Frontend::OpenAiResponses, &body);
     assert!(facts.error.as_deref().unwrap().ends_with("bad input"));
 }
 
@@ -711,14 +749,14 @@ fn responses_failed_and_error_events() {
 fn truncated_or_mislabelled_bodies() {
     let body = br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3"#;
     assert_eq!(
-        ResponseFacts::from_json(Frontend::OpenAiChat, body),
+        json_facts(Frontend::OpenAiChat, body),
         ResponseFacts::default()
     );
     // A "JSON" body that is really a stream.
     let stream =
         "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n";
     assert_eq!(
-        ResponseFacts::from_json(Frontend::OpenAiChat, stream.as_bytes()).text,
+        json_facts(Frontend::OpenAiChat, stream.as_bytes()).text,
         "x"
     );
     // A "stream" that is really a JSON error body.
@@ -738,8 +776,7 @@ fn truncated_or_mislabelled_bodies() {
 
 #[test]
 fn wrong_typed_fields_cost_only_that_field_chat_json() {
-    let facts =
-        |body: Value| ResponseFacts::from_json(Frontend::OpenAiChat, body.to_string().as_bytes());
+    let facts = |body: Value| json_facts(Frontend::OpenAiChat, body.to_string().as_bytes());
     // Counts as a string and an integral float; a null total is computed.
     let f = facts(
         json!({"model": "gpt-4o", "choices": [{"index": 0, "finish_reason": "stop",
@@ -797,20 +834,20 @@ fn wrong_typed_fields_cost_only_that_field_chat_json() {
     assert_eq!((f.model, f.text.as_str()), (None, "ok"));
     let body = r#"{"choices": [{"message": {"content": "ok"}}],
         "usage": {"prompt_tokens": 123456789012345678901234567890, "completion_tokens": 2}}"#;
-    let f = ResponseFacts::from_json(Frontend::OpenAiChat, body.as_bytes());
+    let f = json_facts(Frontend::OpenAiChat, body.as_bytes());
     assert_eq!(f.usage.unwrap().prompt_tokens, None);
     let f = facts(json!({"choices": [{"message": {"content": "ok"}}], "usage": "lots"}));
     assert_eq!((f.usage, f.text.as_str()), (None, "ok"));
     // Duplicate keys: the last wins, as in a `serde_json::Value`.
     let body = br#"{"model": "a", "choices": [{"message": {"content": "x", "content": "y"}}],
         "model": "b", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}"#;
-    let f = ResponseFacts::from_json(Frontend::OpenAiChat, body);
+    let f = json_facts(Frontend::OpenAiChat, body);
     assert_eq!((f.model.as_deref(), f.text.as_str()), (Some("b"), "y"));
     assert_eq!(f.usage.unwrap().total_tokens, Some(2));
     // Not an object at all: nothing, and no panic.
     for body in ["5", "\"x\"", "[]", "null", "[{\"choices\": []}]"] {
         assert_eq!(
-            ResponseFacts::from_json(Frontend::OpenAiChat, body.as_bytes()),
+            json_facts(Frontend::OpenAiChat, body.as_bytes()),
             ResponseFacts::default()
         );
     }
@@ -928,13 +965,13 @@ proptest! {
         let text = value.to_string();
         let stream = format!("data: {text}\n\nevent: error\ndata: {text}\n\n");
         for protocol in ALL {
-            let _ = ResponseFacts::from_json(protocol, text.as_bytes());
-            let _ = ResponseFacts::from_sse(protocol, stream.as_bytes());
+            let _ = json_facts(protocol, text.as_bytes());
+            let _ = whole_sse_facts(protocol, stream.as_bytes());
             for kind in ["message_start", "content_block_start", "content_block_delta",
                          "message_delta", "response.completed", "response.output_item.added",
                          "response.output_text.delta", "response.function_call_arguments.done"] {
                 let stream = format!("event: {kind}\ndata: {text}\n\n");
-                let _ = ResponseFacts::from_sse(protocol, stream.as_bytes());
+                let _ = whole_sse_facts(protocol, stream.as_bytes());
             }
             let _ = PromptFacts::from_json(protocol, &value);
         }
@@ -1078,7 +1115,7 @@ fn mock_json_and_streams_agree_with_usage_for() {
             else {
                 panic!("expected JSON")
             };
-            let json_facts = ResponseFacts::from_json(protocol, &body);
+            let json_facts = json_facts(protocol, &body);
             let expected = expected_usage(protocol, &request);
             assert_eq!(json_facts.usage.as_ref(), Some(&expected), "{request}");
             assert_eq!(
@@ -1169,7 +1206,7 @@ fn mock_stream_without_usage_chunk_and_faults() {
         let MockReply::Json { body, .. } = reply(protocol, &request, &status).unwrap() else {
             panic!("expected JSON")
         };
-        let facts = ResponseFacts::from_json(protocol, &body);
+        let facts = json_facts(protocol, &body);
         assert!(facts.error.is_some(), "{protocol:?}");
         assert_eq!(facts.usage, None);
 
@@ -1182,7 +1219,7 @@ fn mock_stream_without_usage_chunk_and_faults() {
         for req in [&request, &streaming] {
             match reply(protocol, req, &malformed).unwrap() {
                 MockReply::Json { body, .. } => {
-                    let _ = ResponseFacts::from_json(protocol, &body);
+                    let _ = json_facts(protocol, &body);
                 }
                 MockReply::Stream { events } => {
                     let _ = feed(protocol, true, &events.concat(), 4);
