@@ -10,7 +10,7 @@ use llm_proxy_usage::store::conformance::{SplitMix, synthetic_records};
 /// `seed` (chunks with different seeds have distinct ids and sessions).
 pub fn bench_records(count: usize, start_us: i64, span_us: i64, seed: u64) -> Vec<UsageRecord> {
     let mut records = synthetic_records(count, start_us, span_us, seed);
-    let mut rng = SplitMix::new(seed ^ 0x5eed_1d5);
+    let mut rng = SplitMix::new(seed ^ 0x05ee_d1d5);
     let session_salt = SplitMix::new(seed.wrapping_mul(31)).next_u64();
     for r in &mut records {
         r.id = format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64());
