@@ -1,5 +1,5 @@
 //! Usage-store benchmark: generate realistic records (3 backends, 6
-//! models, sessions of ~25 turns, over 60 days), insert them in batches,
+//! models, sessions of ~25 turns, over 60 days; `common::bench_records`), insert them in batches,
 //! then time `aggregate` (the `/v1/usage/stats` work) on the SQLite store.
 //!
 //! ```text
@@ -16,12 +16,13 @@
     reason = "a benchmark prints its table"
 )]
 
+mod common;
+
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use llm_proxy_usage::query::{GroupKey, UsageFilter};
-use llm_proxy_usage::store::conformance::synthetic_records;
 use llm_proxy_usage::store::postgres::{PostgresOptions, PostgresStore};
 use llm_proxy_usage::store::{SqliteStore, UsageStore};
 
@@ -130,7 +131,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let mut inserted = 0usize;
         for c in 0..chunks {
             let n = CHUNK.min(args.records - inserted);
-            let records = synthetic_records(
+            let records = common::bench_records(
                 n,
                 START_US + c as i64 * chunk_span,
                 chunk_span,

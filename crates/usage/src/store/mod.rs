@@ -68,7 +68,9 @@ impl AggregateSet {
 pub trait UsageStore: Send + Sync + 'static {
     /// A short name for logs (`sqlite:/path`, `json:/path`).
     fn describe(&self) -> String;
-    /// Appends records; a record whose `id` is already stored is skipped.
+    /// Appends records; a record whose `id` is already stored is skipped
+    /// (SQLite compares `id` with `timestamp_us`, which a request id never
+    /// changes: see `SqliteStore`).
     fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError>;
     /// Matching records newest first, skipping `offset`, at most `limit`.
     fn recent(

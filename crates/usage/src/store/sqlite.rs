@@ -8,10 +8,22 @@
 //! **Schema** (`PRAGMA user_version`, versioned idempotent migrations; a
 //! newer version than this binary knows is refused with
 //! [`UsageError::SchemaTooNew`]):
-//! - `records`: one row per record, a real column for every field (the
-//!   filterable ones indexed: `(timestamp_us, id)`, `(session_id,
-//!   timestamp_us)`); `tool_names` and `backend_reported_usage` as JSON
-//!   text; `id` unique, inserts are `INSERT OR IGNORE`.
+//! - `records`: one row per record, a real column for every field;
+//!   `tool_names` and `backend_reported_usage` as JSON text. Indexed only
+//!   by keys that grow with time, so a write touches the right edge of each
+//!   index instead of one random page per row (v1 indexed the random
+//!   request id and session id; at 1 M rows that cost ≈ 20 of the ≈ 31 µs
+//!   of CPU per record): `records_time (timestamp_us, id)`, `UNIQUE`, which
+//!   `INSERT OR IGNORE` dedupes on — an id is minted with its request's
+//!   `timestamp_us`, so a record stored again (a retried batch) repeats
+//!   both —, and `records_session (session_key_us, session_id,
+//!   timestamp_us)`.
+//! - `sessions`: session id → `key_us`, the timestamp of the first record
+//!   of the session the store saw; every row of the session carries it as
+//!   `session_key_us`, so a session's rows cluster under the time it
+//!   started. A `session_id` filter adds `session_key_us = (SELECT key_us
+//!   FROM sessions WHERE session_id = ?)`. Prune drops sessions with no
+//!   rows left.
 //! - `rollup_keys`: the distinct combinations of the rollup dimensions
 //!   (backend_type, backend, model, requested_model, frontend_type,
 //!   http_status_code, proxy_user, streaming), each with a small id.
@@ -27,6 +39,12 @@
 //! `hour_of_day` filters); raw rows for the partial edge hours. Other
 //! queries scan raw rows, filtered in SQL. Both paths give `==` answers
 //! because aggregates merge exactly.
+//!
+//! **Migrations.** 2 rewrites a version-1 `records` table in time order
+//! (SQLite cannot drop the `UNIQUE` of a column in place), filling
+//! `sessions` from it: a one-time cost at the first open, about that of
+//! copying the table (seconds per million rows); the freed pages are
+//! reused by later inserts.
 //!
 //! **Unreadable files** (not a database, truncated, failing
 //! `PRAGMA quick_check`) are moved aside to `<path>.corrupt-<unix_ts>`
@@ -47,8 +65,8 @@ use crate::query::{GroupKey, UsageFilter};
 use crate::record::UsageRecord;
 use crate::store::rollup::{
     DAY_US, HOUR_US, RECORD_COLUMNS, RollupKey, RollupKeyRef, SqlValue, decode_tool_names,
-    encode_tool_names, filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome,
-    parse_token_source, plan, rollups_can_answer,
+    filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome, parse_token_source,
+    plan, rollups_can_answer,
 };
 use crate::store::{
     AggregateSet, OpenReport, RecentPage, UsageStore, ensure_parent_dir, move_aside,
@@ -115,6 +133,60 @@ const MIGRATIONS: &[&str] = &[
         aggregate BLOB NOT NULL,
         PRIMARY KEY (hour_us, key_id)
     ) WITHOUT ROWID;",
+    // 2: no index on a random key on the write path (see the module docs).
+    // Rewrites `records` (a column constraint cannot be dropped in place),
+    // in time order; `sessions` from the existing rows.
+    "CREATE TABLE sessions (
+        session_id TEXT NOT NULL PRIMARY KEY,
+        key_us INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO sessions (session_id, key_us)
+        SELECT session_id, MIN(timestamp_us) FROM records GROUP BY session_id;
+    CREATE TABLE records_v2 (
+        id TEXT NOT NULL,
+        timestamp TEXT NOT NULL,
+        timestamp_us INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        turn_number INTEGER NOT NULL,
+        backend_type TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requested_model TEXT NOT NULL,
+        frontend_type TEXT NOT NULL,
+        streaming INTEGER NOT NULL,
+        verbatim_prompt_tokens INTEGER,
+        mutated_prompt_tokens INTEGER,
+        verbatim_completion_tokens INTEGER,
+        mutated_completion_tokens INTEGER,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        backend_reported_usage TEXT,
+        token_source TEXT NOT NULL,
+        cost_usd REAL,
+        cost_source TEXT NOT NULL,
+        http_status_code INTEGER NOT NULL,
+        completion_outcome TEXT NOT NULL,
+        incomplete_reason TEXT,
+        tool_call_count INTEGER NOT NULL,
+        tool_names TEXT NOT NULL,
+        ttft_ms REAL,
+        total_duration_ms REAL NOT NULL,
+        proxy_overhead_ms REAL NOT NULL,
+        completion_tokens_per_second REAL,
+        user_agent TEXT,
+        proxy_user TEXT,
+        call_purpose TEXT,
+        replaced INTEGER NOT NULL,
+        session_key_us INTEGER NOT NULL
+    );
+    INSERT INTO records_v2
+        SELECT r.*, s.key_us FROM records AS r JOIN sessions AS s USING (session_id)
+        ORDER BY r.timestamp_us, r.id;
+    DROP TABLE records;
+    ALTER TABLE records_v2 RENAME TO records;
+    CREATE UNIQUE INDEX records_time ON records (timestamp_us, id);
+    CREATE INDEX records_session ON records (session_key_us, session_id, timestamp_us);",
 ];
 
 /// The schema version this binary writes.
@@ -136,12 +208,40 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn insert_record(stmt: &mut Statement<'_>, r: &UsageRecord) -> Result<usize, UsageError> {
+/// Reused encoding buffers of [`insert_record`] (no allocation per row).
+#[derive(Default)]
+struct RowBuffers {
+    usage: Vec<u8>,
+    tools: Vec<u8>,
+}
+
+/// `value` as JSON in `buf` (cleared first).
+fn json_into<'b, T: serde::Serialize + ?Sized>(
+    buf: &'b mut Vec<u8>,
+    value: &T,
+) -> Result<&'b str, UsageError> {
+    let enc = |e: &dyn std::fmt::Display| UsageError::Encoding(e.to_string());
+    buf.clear();
+    serde_json::to_writer(&mut *buf, value).map_err(|e| enc(&e))?;
+    std::str::from_utf8(buf).map_err(|e| enc(&e))
+}
+
+fn insert_record(
+    stmt: &mut Statement<'_>,
+    bufs: &mut RowBuffers,
+    r: &UsageRecord,
+    session_key_us: i64,
+) -> Result<usize, UsageError> {
     let usage = match &r.backend_reported_usage {
-        Some(u) => Some(serde_json::to_string(u).map_err(|e| UsageError::Encoding(e.to_string()))?),
+        Some(u) => Some(json_into(&mut bufs.usage, u)?),
         None => None,
     };
-    let tools = encode_tool_names(&r.tool_names)?;
+    // As `encode_tool_names`, without allocating.
+    let tools = if r.tool_names.is_empty() {
+        "[]"
+    } else {
+        json_into(&mut bufs.tools, &r.tool_names)?
+    };
     stmt.execute(params![
         r.id,
         r.timestamp,
@@ -178,6 +278,7 @@ fn insert_record(stmt: &mut Statement<'_>, r: &UsageRecord) -> Result<usize, Usa
         r.proxy_user,
         r.call_purpose,
         r.replaced,
+        session_key_us,
     ])
     .map_err(db_err)
 }
@@ -237,14 +338,20 @@ fn read_record(row: &Row<'_>) -> Result<UsageRecord, UsageError> {
 /// `WHERE …` for `filter` (exactly `UsageFilter::matches`), optionally
 /// restricted to `timestamp_us` in `range` (inclusive).
 fn where_clause(filter: &UsageFilter, range: Option<(i64, i64)>) -> (String, Vec<Value>) {
-    let (conds, vals) = filter_conditions(filter, range);
-    let vals = vals
+    let (mut conds, vals) = filter_conditions(filter, range);
+    let mut vals: Vec<Value> = vals
         .into_iter()
         .map(|v| match v {
             SqlValue::Text(t) => Value::Text(t),
             SqlValue::Int(i) => Value::Integer(i),
         })
         .collect();
+    // What makes `records_session` usable: the session's key.
+    if let Some(session) = &filter.session_id {
+        conds
+            .push("session_key_us = (SELECT key_us FROM sessions WHERE session_id = ?)".to_owned());
+        vals.push(Value::Text(session.clone()));
+    }
     let sql = if conds.is_empty() {
         String::new()
     } else {
@@ -327,7 +434,13 @@ pub struct SqliteStore {
     /// Held for reading while a query reads the database, and for writing
     /// while a write commits, so memory and database always agree.
     rollups: RwLock<Rollups>,
+    /// Session id → `sessions.key_us`, for sessions recently written
+    /// (locked after `writer`; cleared when full and on prune).
+    session_keys: Mutex<HashMap<String, i64>>,
 }
+
+/// Sessions whose keys the writer remembers (≈ 100 bytes each).
+const SESSION_KEYS_CACHED: usize = 100_000;
 
 /// Why opening failed.
 enum OpenFailure {
@@ -458,6 +571,7 @@ impl SqliteStore {
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             rollups: RwLock::new(rollups),
+            session_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -801,6 +915,22 @@ fn rebuild_rollups(conn: &mut Connection) -> Result<Rollups, UsageError> {
     Ok(rollups)
 }
 
+/// The key of `session` (`sessions.key_us`): the stored one, or
+/// `timestamp_us` for a session new to the store.
+fn session_key(conn: &Connection, session: &str, timestamp_us: i64) -> Result<i64, UsageError> {
+    let stored: Option<i64> = conn
+        .prepare_cached("SELECT key_us FROM sessions WHERE session_id = ?1")
+        .and_then(|mut s| s.query_row([session], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    if let Some(k) = stored {
+        return Ok(k);
+    }
+    conn.prepare_cached("INSERT INTO sessions (session_id, key_us) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![session, timestamp_us]))
+        .map_err(db_err)?;
+    Ok(timestamp_us)
+}
+
 fn insert_key(conn: &Connection, id: u32, k: &RollupKey) -> Result<(), UsageError> {
     conn.prepare_cached(
         "INSERT INTO rollup_keys (id, backend_type, backend, model, requested_model, \
@@ -852,18 +982,31 @@ impl UsageStore for SqliteStore {
             return Ok(());
         }
         let mut conn = lock(&self.writer);
+        let mut session_keys = lock(&self.session_keys);
         let tx = conn.transaction().map_err(db_err)?;
         // Insert, grouping the records actually inserted by (hour, key).
         let mut fresh: HashMap<(i64, RollupKeyRef<'_>), Aggregate> = HashMap::new();
+        // Session keys learnt in this transaction (remembered once committed).
+        let mut learnt: HashMap<&str, i64> = HashMap::new();
+        let mut bufs = RowBuffers::default();
         {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}) VALUES ({})",
-                    ["?"; 35].join(", ")
+                    "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}, session_key_us) VALUES ({})",
+                    ["?"; 36].join(", ")
                 ))
                 .map_err(db_err)?;
             for r in records {
-                if insert_record(&mut stmt, r)? == 1 {
+                let session = r.session_id.as_str();
+                let key = match session_keys.get(session).or_else(|| learnt.get(session)) {
+                    Some(k) => *k,
+                    None => {
+                        let k = session_key(&tx, session, r.timestamp_us)?;
+                        learnt.insert(session, k);
+                        k
+                    }
+                };
+                if insert_record(&mut stmt, &mut bufs, r, key)? == 1 {
                     fresh
                         .entry((hour_floor(r.timestamp_us), RollupKeyRef::of(r)))
                         .or_default()
@@ -933,6 +1076,10 @@ impl UsageStore for SqliteStore {
         // database and memory disagree.
         let mut rollups = self.write_rollups();
         tx.commit().map_err(db_err)?;
+        if session_keys.len() + learnt.len() > SESSION_KEYS_CACHED {
+            session_keys.clear();
+        }
+        session_keys.extend(learnt.into_iter().map(|(s, k)| (s.to_owned(), k)));
         for key in new_keys {
             rollups.add_key(key);
         }
@@ -1021,6 +1168,15 @@ impl UsageStore for SqliteStore {
             tx.commit().map_err(db_err)?;
             return Ok(0);
         }
+        // Sessions without records left (a later record of one starts it
+        // afresh, with a new key).
+        lock(&self.session_keys).clear();
+        tx.execute(
+            "DELETE FROM sessions WHERE key_us < ?1 AND NOT EXISTS (SELECT 1 FROM records \
+             WHERE session_key_us = sessions.key_us AND records.session_id = sessions.session_id)",
+            [before_us],
+        )
+        .map_err(db_err)?;
         let partial_hour = hour_floor(before_us);
         tx.execute(
             "DELETE FROM rollup_hours WHERE hour_us < ?1",
@@ -1292,6 +1448,156 @@ mod tests {
             Err(UsageError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1
         ));
         assert!(path.exists());
+    }
+
+    /// Rewrites a current store file into exactly what version 1 wrote
+    /// (its schema text, `UNIQUE` id, v1 indexes; rollup tables unchanged).
+    fn downgrade_to_v1(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX records_time; DROP INDEX records_session; \
+             ALTER TABLE records RENAME TO records_new;",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO records ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM records_new \
+             ORDER BY random(); DROP TABLE records_new; DROP TABLE sessions; \
+             PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+    }
+
+    fn schema_objects(path: &Path) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn version_1_stores_are_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sqlite3");
+        let start = 1_767_571_200_000_000;
+        let records = synthetic_records(2000, start, 3 * DAY_US, 11);
+        let session = records[700].session_id.clone();
+        let filters = [
+            UsageFilter::default(),
+            UsageFilter {
+                session_id: Some(session.clone()),
+                ..UsageFilter::default()
+            },
+            UsageFilter {
+                backend: Some("openai".into()),
+                start_us: Some(start + DAY_US + 77),
+                ..UsageFilter::default()
+            },
+        ];
+        let snapshot = |store: &SqliteStore| {
+            let mut out = Vec::new();
+            for f in &filters {
+                let recent = store.recent(f, 5000, 0).unwrap();
+                let stats = store.aggregate(f, &[GroupKey::Model]).unwrap();
+                let mut exported = Vec::new();
+                store
+                    .export(f, &mut |r| {
+                        exported.push(r.clone());
+                        true
+                    })
+                    .unwrap();
+                out.push((recent.total, recent.records, stats, exported));
+            }
+            out
+        };
+        let want = {
+            let (store, _) = SqliteStore::open(&path).unwrap();
+            store.insert(&records).unwrap();
+            store.flush().unwrap();
+            snapshot(&store)
+        };
+        assert!(want[1].0 > 1, "the session filter matches several records");
+        downgrade_to_v1(&path);
+        let v1 = schema_objects(&path);
+        assert!(
+            v1.contains(&"sqlite_autoindex_records_1".to_owned()),
+            "{v1:?}"
+        );
+        assert!(!v1.contains(&"sessions".to_owned()), "{v1:?}");
+
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert_eq!(report.migrated_from, Some(1));
+        assert!(report.rollups_rebuilt.is_none(), "{report:?}");
+        assert_eq!(report.records, 2000);
+        assert!(
+            snapshot(&store) == want,
+            "recent, stats and export unchanged"
+        );
+        let scanned = store
+            .aggregate_scan_only(&UsageFilter::default(), &[GroupKey::Model])
+            .unwrap();
+        assert!(scanned == want[0].2, "rollups equal a raw scan");
+        // Still one row per record id; new sessions and old ones grow.
+        store.insert(&records[..100]).unwrap();
+        let more = synthetic_records(50, start + 4 * DAY_US, HOUR_US, 12);
+        let mut again = more.clone();
+        again[0].session_id = session.clone();
+        store.insert(&again).unwrap();
+        assert_eq!(store.count().unwrap(), 2050);
+        let f = UsageFilter {
+            session_id: Some(session),
+            ..UsageFilter::default()
+        };
+        assert_eq!(store.recent(&f, 1, 0).unwrap().total, want[1].0 + 1);
+        assert_eq!(store.recent(&f, 1, 0).unwrap().records[0], again[0]);
+        drop(store);
+        let now = schema_objects(&path);
+        assert!(
+            !now.iter()
+                .any(|n| n.starts_with("sqlite_autoindex_records")),
+            "{now:?}"
+        );
+        assert!(now.contains(&"records_time".to_owned()) && now.contains(&"sessions".to_owned()));
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert_eq!((report.migrated_from, report.records), (None, 2050));
+        drop(store);
+    }
+
+    #[test]
+    fn session_filters_use_the_session_index() {
+        let (_dir, _path, store) = temp_store();
+        store
+            .insert(&synthetic_records(10, 1_767_571_200_000_000, HOUR_US, 2))
+            .unwrap();
+        store
+            .with_reader(|conn| {
+                let f = UsageFilter {
+                    session_id: Some("x".into()),
+                    ..UsageFilter::default()
+                };
+                let (w, vals) = where_clause(&f, None);
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "EXPLAIN QUERY PLAN SELECT id FROM records {w} ORDER BY timestamp_us DESC"
+                    ))
+                    .unwrap();
+                let plan: Vec<String> = stmt
+                    .query_map(rusqlite::params_from_iter(vals), |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(
+                    plan.iter().any(|p| p.contains("records_session")),
+                    "{plan:?}"
+                );
+                assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
