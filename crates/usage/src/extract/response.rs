@@ -1,6 +1,9 @@
 //! [`ResponseFacts`] and the streaming [`ResponseAccumulator`] that builds them.
 
+use std::sync::LazyLock;
+
 use llm_proxy_core::Frontend;
+use memchr::memmem::Finder;
 
 use super::anthropic::{AnthropicIn, AnthropicState};
 use super::json::truncate;
@@ -248,16 +251,19 @@ fn carries_essentials(name: Option<&str>, data: &str) -> bool {
     named || names_tools_or_errors(data.as_bytes()) || has_usage(data.as_bytes())
 }
 
+/// Searchers built once (building one costs more than a search of an event).
+static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
+    LazyLock::new(|| ESSENTIAL_KEYS.iter().copied().map(Finder::new).collect());
+static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 fn names_tools_or_errors(data: &[u8]) -> bool {
-    ESSENTIAL_KEYS
-        .iter()
-        .any(|key| memchr::memmem::find(data, key).is_some())
+    ESSENTIAL_FINDERS.iter().any(|f| f.find(data).is_some())
 }
 
 /// A `"usage"` key whose value is not `null` (OpenAI puts `"usage": null` in
 /// every chunk of a stream that asked for usage, but the last).
 fn has_usage(data: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+    USAGE_FINDER.find_iter(data).any(|at| {
         let rest = &data[at + b"\"usage\"".len()..];
         let rest = rest.trim_ascii_start();
         match rest.strip_prefix(b":") {
