@@ -105,14 +105,7 @@ impl UsageTracker {
         };
         let builder = {
             let (shared, queue) = (shared.clone(), counting.clone());
-            let stage = BuildStage {
-                drafts: RecordBuilder::new(),
-                tokens,
-                prices,
-                queue,
-                metrics: RecordMetrics::default(),
-                estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
-            };
+            let stage = BuildStage::new(tokens, prices, queue);
             std::thread::Builder::new()
                 .name("usage-builder".into())
                 .spawn(move || build_loop(rx, stage, &shared))
@@ -195,9 +188,52 @@ struct BuildStage {
     queue: Arc<CountQueue>,
     metrics: RecordMetrics,
     estimated: metrics::Counter,
+    /// After a draft went stale (no idle CPU), drafts are estimated at once
+    /// until then: the counting thread then does not run at all, so it
+    /// neither evicts the request path's caches nor preempts it.
+    paused_until: Option<Instant>,
+    /// The next pause: doubles (to [`MAX_COUNTING_PAUSE`]) while drafts keep
+    /// going stale, back to [`MIN_COUNTING_PAUSE`] once a quiet minute passed.
+    pause: Duration,
+    last_stale: Option<Instant>,
 }
 
+/// The first pause of exact counting after a draft went stale.
+const MIN_COUNTING_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause of exact counting.
+const MAX_COUNTING_PAUSE: Duration = Duration::from_secs(30);
+
 impl BuildStage {
+    fn new(
+        tokens: Arc<TokenCounter>,
+        prices: Arc<PriceTable>,
+        queue: Arc<CountQueue>,
+    ) -> BuildStage {
+        BuildStage {
+            drafts: RecordBuilder::new(),
+            tokens,
+            prices,
+            queue,
+            metrics: RecordMetrics::default(),
+            estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
+            paused_until: None,
+            pause: MIN_COUNTING_PAUSE,
+            last_stale: None,
+        }
+    }
+
+    /// Exact counting is paused (the machine had no idle CPU lately).
+    fn counting_paused(&mut self, now: Instant) -> bool {
+        match self.paused_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.paused_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Finishes `draft` with length estimates.
     fn estimate(&mut self, draft: Box<Draft>, shared: &Shared) {
         self.estimated.increment(1);
@@ -210,7 +246,7 @@ impl BuildStage {
 
     fn take(&mut self, ex: FinishedExchange, backlog: usize, shared: &Shared) {
         let draft = Box::new(self.drafts.draft(ex));
-        if backlog > ESTIMATE_BACKLOG {
+        if backlog > ESTIMATE_BACKLOG || self.counting_paused(Instant::now()) {
             return self.estimate(draft, shared);
         }
         // The tokenizer is built here, at normal priority (~100–200 ms, by the
@@ -224,8 +260,21 @@ impl BuildStage {
 
     fn take_back_stale(&mut self, shared: &Shared) {
         let now = Instant::now();
+        let mut stale = false;
         while let Some(draft) = self.queue.take_stale(now) {
+            stale = true;
             self.estimate(draft, shared);
+        }
+        if stale {
+            if self
+                .last_stale
+                .is_some_and(|t| now.duration_since(t) > Duration::from_secs(60))
+            {
+                self.pause = MIN_COUNTING_PAUSE;
+            }
+            self.last_stale = Some(now);
+            self.paused_until = Some(now + self.pause);
+            self.pause = (self.pause * 2).min(MAX_COUNTING_PAUSE);
         }
     }
 }
@@ -575,14 +624,11 @@ mod tests {
         let shared = shared();
         let queue = Arc::new(CountQueue::new(Duration::from_millis(200)));
         let (tx, rx) = mpsc::sync_channel(100);
-        let stage = BuildStage {
-            drafts: RecordBuilder::new(),
-            tokens: Arc::new(TokenCounter::shared()),
-            prices: Arc::new(PriceTable::bundled().unwrap()),
-            queue: queue.clone(),
-            metrics: RecordMetrics::default(),
-            estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
-        };
+        let stage = BuildStage::new(
+            Arc::new(TokenCounter::shared()),
+            Arc::new(PriceTable::bundled().unwrap()),
+            queue.clone(),
+        );
         let builder = {
             let shared = shared.clone();
             std::thread::spawn(move || build_loop(rx, stage, &shared))
@@ -608,6 +654,15 @@ mod tests {
                 assert_eq!(r.token_source, TokenSource::Estimate);
                 assert!(r.verbatim_prompt_tokens.unwrap() > 0);
             }
+        }
+        // The machine had no idle CPU: exact counting pauses, the next
+        // exchange is estimated at once instead of waiting for the deadline.
+        shared.note_queued();
+        tx.send(test_exchange("gpt-4o-mini", "{}")).unwrap();
+        while shared.pending_len() < 6 {
+            assert_eq!(queue.len(), 0, "a draft was offered during the pause");
+            assert!(sent.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
         shared.stopping.store(true, Ordering::SeqCst);
         builder.join().unwrap();
