@@ -169,7 +169,10 @@ impl Pipeline {
         let facts = RequestFacts::parse(&request.body);
         // Time-ordered (UUIDv7: milliseconds, then random bits): stores that
         // index records by id append instead of inserting at random places.
-        let request_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
+        // `NoContext`: no process-wide counter (and lock) per request; ids
+        // made in the same millisecond differ by their random bits.
+        let now = uuid::Timestamp::now(uuid::NoContext);
+        let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v7(now).simple().to_string());
         let session_id = session_id(&request, facts.as_ref().ok(), &request_id);
         let ctx = Arc::new(ExchangeContext {
             request_id,

@@ -13,13 +13,15 @@
 //! [`finish`] then fills the counts in, prices the record and hands it on.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use llm_proxy_core::{BackendType, Completion, Frontend, IncompleteReason};
+use memchr::memmem::Finder;
 
 use crate::collect::FinishedExchange;
+use crate::counting::Heartbeat;
 use crate::extract::{PromptFacts, ResponseAccumulator, ResponseFacts};
 use crate::pricing::{PriceTable, TokenCounts};
 use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
@@ -269,11 +271,12 @@ impl TokenTally {
 
     /// Tokens of `text`: the sum over its lines (each tokenized once and
     /// remembered) plus one per line break.
-    fn count_text(&mut self, encoding: Encoding, text: &str) -> u64 {
+    fn count_text(&mut self, encoding: Encoding, text: &str, beat: &Heartbeat) -> u64 {
         let mut total = 0u64;
         for (i, line) in text.split('\n').enumerate() {
             if i > 0 {
                 total += 1;
+                beat.beat();
             }
             if line.is_empty() {
                 continue;
@@ -294,8 +297,9 @@ impl TokenTally {
         total
     }
 
-    /// The four legs of `d`, counted with its model family's tokenizer.
-    pub fn count(&mut self, d: &Draft) -> Counts {
+    /// The four legs of `d`, counted with its model family's tokenizer;
+    /// `beat` is told of the progress.
+    pub(crate) fn count(&mut self, d: &Draft, beat: &Heartbeat) -> Counts {
         let ex = &d.exchange;
         let (encoding, exact) = d.encoding;
         let frontend = ex.ctx.frontend;
@@ -303,7 +307,7 @@ impl TokenTally {
 
         // Leg 1 and 2: prompts.
         let client_prompt = PromptFacts::from_body(frontend, &ex.client_request);
-        let verbatim_prompt = self.count_text(encoding, &client_prompt.text_for_counting);
+        let verbatim_prompt = self.count_text(encoding, &client_prompt.text_for_counting, beat);
         let mutated_prompt = match &ex.backend_request {
             None => None,
             Some(body) if *body == ex.client_request => Some(verbatim_prompt),
@@ -319,21 +323,21 @@ impl TokenTally {
             }
             Some(body) => {
                 let facts = PromptFacts::from_body(d.backend_protocol, body);
-                Some(self.count_text(encoding, &facts.text_for_counting))
+                Some(self.count_text(encoding, &facts.text_for_counting, beat))
             }
         };
 
         // Leg 3 and 4: completions.
         let verbatim_completion = d
             .completion_text()
-            .map(|text| self.count_text(encoding, &text));
+            .map(|text| self.count_text(encoding, &text, beat));
         let mutated_completion = if same_chunks(&ex.backend_response, &ex.client_response) {
             verbatim_completion
         } else if ex.client_response.is_empty() {
             Some(0)
         } else {
             let facts = response_facts(frontend, ex.client_sse, &ex.client_response);
-            Some(self.count_text(encoding, &completion_text(&facts)))
+            Some(self.count_text(encoding, &completion_text(&facts), beat))
         };
         Counts {
             verbatim_prompt,
@@ -347,29 +351,39 @@ impl TokenTally {
 
 /// Estimates of the four legs, without tokenizing and mostly without
 /// parsing: the backend's own counts when it reported usage, else a token
-/// per four bytes of a request body (JSON framing included) and per four
-/// characters of the completion text.
+/// per four bytes of a request body (JSON framing included, base64 payloads
+/// left out) and per four characters of the completion text.
 pub fn estimate_counts(d: &Draft) -> Counts {
     let ex = &d.exchange;
     let reported = d.record.backend_reported_usage.as_ref();
-    let client_got_nothing = ex.client_response.is_empty();
+    // As counted: the client's leg is the backend's when the chunks are the
+    // same, nothing when the client got nothing, else the same content.
+    let client_leg = |backend: Option<u64>| {
+        if same_chunks(&ex.backend_response, &ex.client_response) {
+            backend
+        } else if ex.client_response.is_empty() {
+            Some(0)
+        } else {
+            backend
+        }
+    };
     if let Some(u) = reported.filter(|u| u.prompt_tokens.is_some() && u.completion_tokens.is_some())
     {
         let (prompt, completion) = (
             u.prompt_tokens.unwrap_or(0),
             u.completion_tokens.unwrap_or(0),
         );
+        let verbatim_completion = d.read_response.then_some(completion);
         return Counts {
             verbatim_prompt: prompt,
             mutated_prompt: ex.backend_request.as_ref().map(|_| prompt),
-            verbatim_completion: Some(completion),
-            mutated_completion: Some(if client_got_nothing { 0 } else { completion }),
+            verbatim_completion,
+            mutated_completion: client_leg(verbatim_completion),
             exact: false,
         };
     }
     let served = ex.outcome.served_by.as_ref();
-    let per_four = |n: usize| (n as u64).div_ceil(4);
-    let verbatim_prompt = per_four(ex.client_request.len());
+    let verbatim_prompt = estimate_body(&ex.client_request);
     let mutated_prompt = ex.backend_request.as_ref().map(|body| {
         let same = *body == ex.client_request
             || served.is_some_and(|a| {
@@ -378,25 +392,38 @@ pub fn estimate_counts(d: &Draft) -> Counts {
         if same {
             verbatim_prompt
         } else {
-            per_four(body.len())
+            estimate_body(body)
         }
     });
     let verbatim_completion = d
         .completion_text()
         .map(|text| crate::tokens::estimate(&text));
-    // The client got the same content, perhaps in another protocol.
-    let mutated_completion = if client_got_nothing {
-        Some(0)
-    } else {
-        verbatim_completion
-    };
     Counts {
         verbatim_prompt,
         mutated_prompt,
         verbatim_completion,
-        mutated_completion,
+        mutated_completion: client_leg(verbatim_completion),
         exact: false,
     }
+}
+
+/// Base64 payloads in request bodies: data URLs (`…;base64,…`) and the
+/// `"data":"…"` fields of Anthropic images / documents and audio input.
+static BASE64_STARTS: LazyLock<[Finder<'static>; 2]> =
+    LazyLock::new(|| [Finder::new(b";base64,"), Finder::new(b"\"data\":\"")]);
+
+/// A token per four bytes of `body`, not counting base64 payloads (an image
+/// is a few hundred tokens to a model, not a quarter of its bytes).
+fn estimate_body(body: &[u8]) -> u64 {
+    let mut payload = 0usize;
+    for finder in BASE64_STARTS.iter() {
+        for at in finder.find_iter(body) {
+            let start = at + finder.needle().len();
+            let len = memchr::memchr(b'"', &body[start..]).unwrap_or(body.len() - start);
+            payload += len;
+        }
+    }
+    (body.len().saturating_sub(payload) as u64).div_ceil(4)
 }
 
 /// The finished record: `counts` filled in, tokens of record taken from
@@ -623,7 +650,7 @@ mod tests {
         let mut tally = TokenTally::new(Arc::new(TokenCounter::new()));
         let exact = {
             let d = builder.draft(test_exchange("gpt-4o-mini", ANSWER));
-            let counts = tally.count(&d);
+            let counts = tally.count(&d, &Heartbeat::new());
             assert!(counts.exact);
             finish(d, counts, &prices())
         };
@@ -719,6 +746,28 @@ mod tests {
         let translated = br#"{"model":"m","max_tokens":1024,"messages":[{"role":"user","content":[{"type":"text","text":"a"}]}]}"#;
         assert!(!only_model_swapped(client, translated, "up:m", "m"));
         assert!(!only_model_swapped(b"", b"{}", "a", "b"));
+    }
+
+    #[test]
+    fn base64_payloads_are_not_estimated_as_text() {
+        let text = br#"{"messages":[{"role":"user","content":"abcdefgh"}]}"#;
+        let image = format!(
+            r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"abcdefgh"}},{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{}"}}}}]}}]}}"#,
+            "A".repeat(100_000)
+        );
+        let anthropic = format!(
+            r#"{{"messages":[{{"role":"user","content":[{{"type":"image","source":{{"type":"base64","media_type":"image/png","data":"{}"}}}}]}}]}}"#,
+            "A".repeat(100_000)
+        );
+        assert_eq!(estimate_body(text), (text.len() as u64).div_ceil(4));
+        assert!(
+            estimate_body(image.as_bytes()) < 60,
+            "{}",
+            estimate_body(image.as_bytes())
+        );
+        assert!(estimate_body(anthropic.as_bytes()) < 60);
+        // An unterminated payload counts as payload to the end, never panics.
+        assert_eq!(estimate_body(br#"{"data":"AAAA"#), 3);
     }
 
     #[test]

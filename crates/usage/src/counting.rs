@@ -15,7 +15,8 @@
 //! interval: a record is durable at most one flush interval after its end.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::builder::Draft;
@@ -41,10 +42,45 @@ struct State {
 }
 
 /// Drafts waiting for the counting thread, oldest first.
+///
+/// The counting thread runs at idle priority and can be preempted for long
+/// while it holds the lock, so the builder never waits for it: it uses
+/// `try_lock` and, when the lock is taken, estimates or tries again later.
 pub(crate) struct CountQueue {
     state: Mutex<State>,
     ready: Condvar,
     deadline: Duration,
+    heartbeat: Heartbeat,
+}
+
+/// When the counting thread last made progress (a line or a draft counted).
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    start: Instant,
+    /// Nanoseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Heartbeat {
+    /// A heartbeat that has not beaten since now.
+    pub(crate) fn new() -> Heartbeat {
+        Heartbeat {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// The counting thread is making progress now.
+    pub(crate) fn beat(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How long ago the counting thread last made progress.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        let last = self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 impl CountQueue {
@@ -55,6 +91,21 @@ impl CountQueue {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             deadline: (flush_interval / 4).max(Duration::from_millis(10)),
+            heartbeat: Heartbeat::new(),
+        }
+    }
+
+    /// The counting thread's progress.
+    pub(crate) fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    /// The lock, unless the counting thread holds it.
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
@@ -68,10 +119,13 @@ impl CountQueue {
     }
 
     /// Queues `draft` for exact counting, or gives it back when the queue is
-    /// full (the counting thread is far behind) or closed.
+    /// full (the counting thread is far behind), closed, or locked by the
+    /// counting thread.
     pub(crate) fn offer(&self, draft: Box<Draft>) -> Result<(), Box<Draft>> {
         let bytes = draft.held_bytes();
-        let mut state = self.lock();
+        let Some(mut state) = self.try_lock() else {
+            return Err(draft);
+        };
         if state.closed || state.jobs.len() >= MAX_JOBS || state.bytes + bytes > MAX_BYTES {
             return Err(draft);
         }
@@ -90,9 +144,10 @@ impl CountQueue {
     }
 
     /// The oldest draft if it waited past the deadline, taken back from the
-    /// queue (the caller estimates it).
+    /// queue (the caller estimates it). `None` too while the counting thread
+    /// holds the lock (the caller tries again soon).
     pub(crate) fn take_stale(&self, now: Instant) -> Option<Box<Draft>> {
-        let mut state = self.lock();
+        let mut state = self.try_lock()?;
         let stale = state
             .jobs
             .front()
@@ -128,9 +183,18 @@ impl CountQueue {
         self.ready.notify_all();
     }
 
-    /// Drafts waiting.
+    /// The oldest draft, whatever its age (at shutdown, for what the
+    /// counting thread left).
+    pub(crate) fn pop(&self) -> Option<Box<Draft>> {
+        let mut state = self.lock();
+        let job = state.jobs.pop_front()?;
+        state.bytes -= job.bytes;
+        Some(job.draft)
+    }
+
+    /// Drafts waiting (1 while the counting thread holds the lock: some may be).
     pub(crate) fn len(&self) -> usize {
-        self.lock().jobs.len()
+        self.try_lock().map_or(1, |state| state.jobs.len())
     }
 }
 

@@ -132,7 +132,10 @@ pub struct UsageRecord {
     pub frontend_type: String,
     /// The client asked for a stream.
     pub streaming: bool,
-    /// Prompt tokens of the client's request, counted by the proxy.
+    /// Prompt tokens of the client's request, counted by the proxy. On a
+    /// machine with no idle CPU this and the three counts below are
+    /// estimates (the backend's own counts when it reported usage; see
+    /// `crate::counting`), counted in `llm_proxy_usage_estimated_records_total`.
     pub verbatim_prompt_tokens: Option<u64>,
     /// Prompt tokens of the request the proxy sent upstream.
     pub mutated_prompt_tokens: Option<u64>,

@@ -56,7 +56,7 @@ pub(crate) struct Shared {
 pub struct UsageTracker {
     collector: Arc<UsageCollector>,
     shared: Arc<Shared>,
-    builder: Option<JoinHandle<()>>,
+    builder: Option<JoinHandle<BuildStage>>,
     counting: Arc<CountQueue>,
     counter: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
@@ -93,19 +93,22 @@ impl UsageTracker {
         let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
             .unwrap_or(Duration::from_secs(1));
         let counting = Arc::new(CountQueue::new(interval));
+        // Counted records come back to the builder through a channel: the
+        // idle-priority counter shares no lock with normal-priority threads.
+        let (counted_tx, counted_rx) = mpsc::channel::<(UsageRecord, Instant)>();
         let counter = {
-            let (shared, queue, prices) = (shared.clone(), counting.clone(), prices.clone());
+            let (queue, prices) = (counting.clone(), prices.clone());
             let tally = TokenTally::new(tokens.clone());
             std::thread::Builder::new()
                 .name("usage-counter".into())
-                .spawn(move || count_loop(&queue, tally, &prices, &shared))
+                .spawn(move || count_loop(&queue, tally, &prices, &counted_tx))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the token counting thread: {e}"))
                 })?
         };
         let builder = {
             let (shared, queue) = (shared.clone(), counting.clone());
-            let stage = BuildStage::new(tokens, prices, queue);
+            let stage = BuildStage::new(tokens, prices, queue, counted_rx);
             std::thread::Builder::new()
                 .name("usage-builder".into())
                 .spawn(move || build_loop(rx, stage, &shared))
@@ -162,14 +165,19 @@ impl UsageTracker {
     /// the store durable. Call after the server stopped taking requests.
     pub fn shutdown(mut self) -> Result<u64, UsageError> {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Some(b) = self.builder.take() {
-            let _ = b.join();
-        }
+        let stage = self.builder.take().and_then(|b| b.join().ok());
         // The builder offers no more: the counting thread counts what is
         // left and ends.
         self.counting.close();
         if let Some(c) = self.counter.take() {
             let _ = c.join();
+        }
+        if let Some(mut stage) = stage {
+            stage.collect_counted(&self.shared);
+            // Left by a counting thread that died: estimated, not lost.
+            while let Some(draft) = self.counting.pop() {
+                stage.estimate(draft, &self.shared);
+            }
         }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -192,6 +200,8 @@ struct BuildStage {
     /// until then: the counting thread then does not run at all, so it
     /// neither evicts the request path's caches nor preempts it.
     paused_until: Option<Instant>,
+    /// Records the counting thread finished.
+    counted: Receiver<(UsageRecord, Instant)>,
     /// The next pause: doubles (to [`MAX_COUNTING_PAUSE`]) while drafts keep
     /// going stale, back to [`MIN_COUNTING_PAUSE`] once a quiet minute passed.
     pause: Duration,
@@ -208,8 +218,10 @@ impl BuildStage {
         tokens: Arc<TokenCounter>,
         prices: Arc<PriceTable>,
         queue: Arc<CountQueue>,
+        counted: Receiver<(UsageRecord, Instant)>,
     ) -> BuildStage {
         BuildStage {
+            counted,
             drafts: RecordBuilder::new(),
             tokens,
             prices,
@@ -258,14 +270,25 @@ impl BuildStage {
         }
     }
 
+    /// Moves the records the counting thread finished to `pending`.
+    fn collect_counted(&mut self, shared: &Shared) {
+        while let Ok((record, ended)) = self.counted.try_recv() {
+            shared.push_pending(record, ended);
+        }
+    }
+
     fn take_back_stale(&mut self, shared: &Shared) {
+        self.collect_counted(shared);
         let now = Instant::now();
         let mut stale = false;
         while let Some(draft) = self.queue.take_stale(now) {
             stale = true;
             self.estimate(draft, shared);
         }
-        if stale {
+        // A counting thread that made progress lately is busy with a big
+        // prompt, not starved: no pause then.
+        let starved = self.queue.heartbeat().age(now) >= self.queue.deadline() / 2;
+        if stale && starved {
             if self
                 .last_stale
                 .is_some_and(|t| now.duration_since(t) > Duration::from_secs(60))
@@ -279,16 +302,20 @@ impl BuildStage {
     }
 }
 
-fn build_loop(rx: Receiver<FinishedExchange>, mut stage: BuildStage, shared: &Shared) {
+fn build_loop(
+    rx: Receiver<FinishedExchange>,
+    mut stage: BuildStage,
+    shared: &Shared,
+) -> BuildStage {
     let mut lingered = false;
     loop {
         let ex = match rx.try_recv() {
             Ok(ex) => Some(ex),
-            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Disconnected) => return stage,
             Err(TryRecvError::Empty) => {
                 stage.take_back_stale(shared);
                 if shared.stopping.load(Ordering::SeqCst) {
-                    return;
+                    return stage;
                 }
                 if !lingered {
                     std::thread::sleep(BUILDER_LINGER);
@@ -301,7 +328,7 @@ fn build_loop(rx: Receiver<FinishedExchange>, mut stage: BuildStage, shared: &Sh
                 match rx.recv_timeout(Duration::from_millis(wait)) {
                     Ok(ex) => Some(ex),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return stage,
                 }
             }
         };
@@ -318,15 +345,23 @@ fn build_loop(rx: Receiver<FinishedExchange>, mut stage: BuildStage, shared: &Sh
 }
 
 /// The counting thread: exact token counts for the drafts it gets to.
-fn count_loop(queue: &CountQueue, mut tally: TokenTally, prices: &PriceTable, shared: &Shared) {
+fn count_loop(
+    queue: &CountQueue,
+    mut tally: TokenTally,
+    prices: &PriceTable,
+    counted: &mpsc::Sender<(UsageRecord, Instant)>,
+) {
     lower_thread_priority();
     let mut metrics = RecordMetrics::default();
     while let Some(draft) = queue.next() {
-        let counts = tally.count(&draft);
+        queue.heartbeat().beat();
+        let counts = tally.count(&draft, queue.heartbeat());
         let ended = draft.ended_at();
         let record = finish(*draft, counts, prices);
         metrics.emit(&record);
-        shared.push_pending(record, ended);
+        if counted.send((record, ended)).is_err() {
+            return;
+        }
     }
 }
 
@@ -624,10 +659,12 @@ mod tests {
         let shared = shared();
         let queue = Arc::new(CountQueue::new(Duration::from_millis(200)));
         let (tx, rx) = mpsc::sync_channel(100);
+        let (_counted_tx, counted_rx) = mpsc::channel();
         let stage = BuildStage::new(
             Arc::new(TokenCounter::shared()),
             Arc::new(PriceTable::bundled().unwrap()),
             queue.clone(),
+            counted_rx,
         );
         let builder = {
             let shared = shared.clone();

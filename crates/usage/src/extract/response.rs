@@ -257,17 +257,28 @@ static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
 fn names_tools_or_errors(data: &[u8]) -> bool {
-    ESSENTIAL_FINDERS.iter().any(|f| f.find(data).is_some())
+    ESSENTIAL_FINDERS
+        .iter()
+        .any(|f| found_with_a_value(f, data))
 }
 
 /// A `"usage"` key whose value is not `null` (OpenAI puts `"usage": null` in
 /// every chunk of a stream that asked for usage, but the last).
 fn has_usage(data: &[u8]) -> bool {
-    USAGE_FINDER.find_iter(data).any(|at| {
-        let rest = &data[at + b"\"usage\"".len()..];
-        let rest = rest.trim_ascii_start();
+    found_with_a_value(&USAGE_FINDER, data)
+}
+
+/// `finder`'s needle occurs other than as a key whose value is `null` or
+/// `[]` (servers repeat `"tool_calls": []` or `"error": null` in events
+/// that carry neither).
+fn found_with_a_value(finder: &Finder<'_>, data: &[u8]) -> bool {
+    finder.find_iter(data).any(|at| {
+        let rest = data[at + finder.needle().len()..].trim_ascii_start();
         match rest.strip_prefix(b":") {
-            Some(value) => !value.trim_ascii_start().starts_with(b"null"),
+            Some(value) => {
+                let value = value.trim_ascii_start();
+                !(value.starts_with(b"null") || value.starts_with(b"[]"))
+            }
             None => true,
         }
     })
