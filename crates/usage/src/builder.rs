@@ -356,17 +356,11 @@ impl TokenTally {
 pub fn estimate_counts(d: &Draft) -> Counts {
     let ex = &d.exchange;
     let reported = d.record.backend_reported_usage.as_ref();
-    // As counted: the client's leg is the backend's when the chunks are the
-    // same, nothing when the client got nothing, else the same content.
-    let client_leg = |backend: Option<u64>| {
-        if same_chunks(&ex.backend_response, &ex.client_response) {
-            backend
-        } else if ex.client_response.is_empty() {
-            Some(0)
-        } else {
-            backend
-        }
-    };
+    // As counted: the client got nothing (and the backend something), or
+    // the backend's content, perhaps in another protocol.
+    let client_got_nothing =
+        ex.client_response.is_empty() && !same_chunks(&ex.backend_response, &ex.client_response);
+    let client_leg = |backend: Option<u64>| if client_got_nothing { Some(0) } else { backend };
     if let Some(u) = reported.filter(|u| u.prompt_tokens.is_some() && u.completion_tokens.is_some())
     {
         let (prompt, completion) = (

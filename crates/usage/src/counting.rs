@@ -276,13 +276,17 @@ mod tests {
     #[test]
     fn a_waiting_counter_wakes_for_a_new_draft() {
         let queue = std::sync::Arc::new(CountQueue::new(Duration::from_secs(1)));
-        let waiter = {
+        let (woke, woken) = std::sync::mpsc::channel();
+        {
             let queue = queue.clone();
-            std::thread::spawn(move || queue.next().is_some())
-        };
+            std::thread::spawn(move || {
+                let _ = woke.send(queue.next().is_some());
+            });
+        }
         std::thread::sleep(Duration::from_millis(50));
         let mut builder = RecordBuilder::new();
         assert!(queue.offer(draft(&mut builder)).is_ok());
-        assert!(waiter.join().unwrap());
+        // A lost wake-up fails here instead of hanging the test.
+        assert_eq!(woken.recv_timeout(Duration::from_secs(10)), Ok(true));
     }
 }
