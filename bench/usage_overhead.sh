@@ -9,6 +9,7 @@
 # A fresh proxy per run, tracking off and on alternated (off, on, off, on, …):
 #   off: USAGE_TRACKING_ENABLED=false
 #   on:  USAGE_TRACKING_ENABLED=true, SQLite store in a temp dir, flush every 1 s
+#        (BENCH_STORE_PATH=:memory: for the in-memory store: what the rest costs)
 # Each run: 2 s warm-up, then SECONDS of closed-loop saturation with a 1 KB
 # non-streaming chat body; proxy CPU from /proc/PID/stat. With tracking on,
 # the stored record count (GET /v1/usage/stats → request_count) is compared
@@ -95,7 +96,7 @@ one_run() {
     if [[ $mode == on ]]; then
         local dir=$BENCH_WORK/store-$variant-$round
         mkdir -p "$dir"
-        env=(USAGE_TRACKING_ENABLED=true USAGE_TRACKING_PERSISTENCE_PATH="$dir/usage.sqlite3"
+        env=(USAGE_TRACKING_ENABLED=true USAGE_TRACKING_PERSISTENCE_PATH="${BENCH_STORE_PATH:-$dir/usage.sqlite3}"
             USAGE_TRACKING_FLUSH_INTERVAL_SECONDS=1)
     fi
     wait_for_quiet

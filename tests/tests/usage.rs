@@ -247,11 +247,13 @@ async fn a_client_that_leaves_mid_stream_leaves_an_incomplete_record() {
         .unwrap();
     // Tokens are counted by the counting thread, which runs only on CPU time
     // nothing else wants; a long flush interval gives it 2 s (a quarter)
-    // before the record would be estimated, however busy the test machine.
+    // before the record would be estimated, however busy the test machine,
+    // and it counts even when the machine has little idle CPU.
     let mut c = base_config();
     add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
     c.usage_tracking.persistence_path = ":memory:".to_owned();
     c.usage_tracking.flush_interval_seconds = 8.0;
+    c.usage_tracking.exact_counting_min_idle_cpu = 0.0;
     let proxy = Proxy::start(c).await;
     let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let body = chat("openai:gpt-4o-mini", "a b c d e f g h", true);

@@ -41,6 +41,12 @@ pub struct UsageTrackingConfig {
     /// Bound of the spill journal in bytes; past it, batches stay in memory
     /// (`max_records_in_memory`) and then are dropped, counted.
     pub spill_max_bytes: u64,
+    /// The least share (0–1) of the machine's CPU time that must have gone
+    /// unused lately for the proxy to count tokens exactly (on an
+    /// idle-priority thread); below it records get estimates, so a
+    /// saturated proxy spends nothing on tokenizing. 0: count whenever the
+    /// counting thread gets CPU.
+    pub exact_counting_min_idle_cpu: f64,
 }
 
 /// A database URL whose password never shows in `Debug` output.
@@ -68,6 +74,7 @@ impl Default for UsageTrackingConfig {
             database_url: None,
             spill_path: "./var/usage-spill.jsonl".into(),
             spill_max_bytes: 1 << 30,
+            exact_counting_min_idle_cpu: 0.2,
         }
     }
 }
@@ -81,6 +88,15 @@ impl UsageTrackingConfig {
                 format!(
                     "must be a positive number, got {}",
                     self.flush_interval_seconds
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.exact_counting_min_idle_cpu) {
+            return Err(ConfigError::new(
+                "usage_tracking.exact_counting_min_idle_cpu",
+                format!(
+                    "must be a share between 0 and 1, got {}",
+                    self.exact_counting_min_idle_cpu
                 ),
             ));
         }
@@ -119,5 +135,32 @@ impl UsageTrackingConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_cpu_share_for_exact_counting_is_a_share() {
+        for ok in [0.0, 0.2, 1.0] {
+            let c = UsageTrackingConfig {
+                exact_counting_min_idle_cpu: ok,
+                ..UsageTrackingConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let c = UsageTrackingConfig {
+                exact_counting_min_idle_cpu: bad,
+                ..UsageTrackingConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("usage_tracking.exact_counting_min_idle_cpu"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

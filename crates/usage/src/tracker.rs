@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::builder::{Draft, RecordBuilder, TokenTally, estimate_counts, finish};
 use crate::collect::{FinishedExchange, UsageCollector};
 use crate::config::UsageTrackingConfig;
-use crate::counting::{CountQueue, lower_thread_priority};
+use crate::counting::{CountQueue, SpareCpu, lower_thread_priority};
 use crate::error::UsageError;
 use crate::pricing::PriceTable;
 use crate::query::{Stats, UsageQuery};
@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn UsageStore>,
     /// Built records not yet in the store, oldest first.
     pending: Mutex<Vec<(UsageRecord, Instant)>>,
+    /// Records of the batch being moved to the store (out of `pending`).
+    moving_len: AtomicUsize,
     /// Held for writing while a batch moves from `pending` to the store, so
     /// readers never see a record in both or in neither.
     moving: RwLock<()>,
@@ -82,6 +84,7 @@ impl UsageTracker {
             store,
             pending: Mutex::new(Vec::new()),
             moving: RwLock::new(()),
+            moving_len: AtomicUsize::new(0),
             backlog: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             max_pending: config.max_records_in_memory.max(1),
@@ -108,7 +111,8 @@ impl UsageTracker {
         };
         let builder = {
             let (shared, queue) = (shared.clone(), counting.clone());
-            let stage = BuildStage::new(tokens, prices, queue, counted_rx);
+            let spare = SpareCpu::new(config.exact_counting_min_idle_cpu);
+            let stage = BuildStage::new(tokens, prices, queue, counted_rx, spare);
             std::thread::Builder::new()
                 .name("usage-builder".into())
                 .spawn(move || build_loop(rx, stage, &shared))
@@ -200,6 +204,8 @@ struct BuildStage {
     /// until then: the counting thread then does not run at all, so it
     /// neither evicts the request path's caches nor preempts it.
     paused_until: Option<Instant>,
+    /// Whether the machine has CPU to spare for exact counting.
+    spare_cpu: SpareCpu,
     /// Records the counting thread finished.
     counted: Receiver<(UsageRecord, Instant)>,
     /// The next pause: doubles (to [`MAX_COUNTING_PAUSE`]) while drafts keep
@@ -219,6 +225,7 @@ impl BuildStage {
         prices: Arc<PriceTable>,
         queue: Arc<CountQueue>,
         counted: Receiver<(UsageRecord, Instant)>,
+        spare_cpu: SpareCpu,
     ) -> BuildStage {
         BuildStage {
             counted,
@@ -229,6 +236,7 @@ impl BuildStage {
             metrics: RecordMetrics::default(),
             estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
             paused_until: None,
+            spare_cpu,
             pause: MIN_COUNTING_PAUSE,
             last_stale: None,
         }
@@ -258,7 +266,11 @@ impl BuildStage {
 
     fn take(&mut self, ex: FinishedExchange, backlog: usize, shared: &Shared) {
         let draft = Box::new(self.drafts.draft(ex));
-        if backlog > ESTIMATE_BACKLOG || self.counting_paused(Instant::now()) {
+        let now = Instant::now();
+        if backlog > ESTIMATE_BACKLOG
+            || self.counting_paused(now)
+            || !self.spare_cpu.has_spare(now, self.queue.heartbeat())
+        {
             return self.estimate(draft, shared);
         }
         // The tokenizer is built here, at normal priority (~100–200 ms, by the
@@ -308,6 +320,7 @@ fn build_loop(
     shared: &Shared,
 ) -> BuildStage {
     let mut lingered = false;
+    let mut last_check = Instant::now();
     loop {
         let ex = match rx.try_recv() {
             Ok(ex) => Some(ex),
@@ -340,7 +353,12 @@ fn build_loop(
             .saturating_sub(1);
         shared.queue_depth.set(backlog as f64);
         stage.take(ex, backlog, shared);
-        stage.take_back_stale(shared);
+        // Under load, not after every exchange: a draft's deadline is at
+        // least 10 ms.
+        if last_check.elapsed() >= Duration::from_millis(1) {
+            stage.take_back_stale(shared);
+            last_check = Instant::now();
+        }
     }
 }
 
@@ -352,6 +370,7 @@ fn count_loop(
     counted: &mpsc::Sender<(UsageRecord, Instant)>,
 ) {
     lower_thread_priority();
+    queue.heartbeat().adopt_thread();
     let mut metrics = RecordMetrics::default();
     while let Some(draft) = queue.next() {
         queue.heartbeat().beat();
@@ -455,34 +474,42 @@ fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) 
 
 /// Moves every pending record into the store.
 fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
+    // Queries wait while a batch moves (they need `moving` to read), so the
+    // batch can leave `pending` at once, without a copy: no query sees it
+    // in neither place. The builder keeps adding to `pending` meanwhile.
     let _moving = shared.moving.write().unwrap_or_else(|p| p.into_inner());
-    // One copy: the records stay in `pending` (visible to queries) until stored.
-    let (records, ended): (Vec<UsageRecord>, Vec<Instant>) = {
-        let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.iter().map(|(r, e)| (r.clone(), *e)).unzip()
+    let batch = {
+        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        shared.moving_len.store(pending.len(), Ordering::SeqCst);
+        std::mem::take(&mut *pending)
     };
-    if records.is_empty() {
+    if batch.is_empty() {
         return Ok(());
     }
+    let (records, ended): (Vec<UsageRecord>, Vec<Instant>) = batch.into_iter().unzip();
     // `flush` makes the batch durable: a no-op-ish checkpoint for SQLite, the
     // document rewrite for the JSON store.
-    if let Err(e) = shared
+    let stored = shared
         .store
         .insert(&records)
-        .and_then(|()| shared.store.flush())
-    {
+        .and_then(|()| shared.store.flush());
+    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    shared.moving_len.store(0, Ordering::SeqCst);
+    if let Err(e) = stored {
+        // Back in front of the records built meanwhile, in order.
+        let newer = std::mem::replace(&mut *pending, records.into_iter().zip(ended).collect());
+        pending.extend(newer);
+        shared.pending_gauge.set(pending.len() as f64);
         metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
         return Err(e);
     }
+    shared.pending_gauge.set(pending.len() as f64);
+    drop(pending);
     let now = Instant::now();
     let lag = metrics::histogram!(telemetry::FLUSH_LAG_SECONDS);
     for ended in &ended {
         lag.record(now.duration_since(*ended).as_secs_f64());
     }
-    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-    let n = records.len().min(pending.len());
-    pending.drain(..n);
-    shared.pending_gauge.set(pending.len() as f64);
     Ok(())
 }
 
@@ -490,7 +517,7 @@ impl Shared {
     /// Adds a built record to the pending buffer (visible to queries at once).
     fn push_pending(&self, record: UsageRecord, ended: Instant) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= self.max_pending {
+        if pending.len() + self.moving_len.load(Ordering::SeqCst) >= self.max_pending {
             // The writer cannot keep up (the store is failing or too slow).
             // Drop the new record, counted: removing from the front would
             // shift every pending record and break the writer's batch order.
@@ -639,16 +666,115 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn shared() -> Arc<Shared> {
+        shared_over(Arc::new(MemoryStore::new()))
+    }
+
+    fn shared_over(store: Arc<dyn UsageStore>) -> Arc<Shared> {
         Arc::new(Shared {
-            store: Arc::new(MemoryStore::new()),
+            store,
             pending: Mutex::new(Vec::new()),
             moving: RwLock::new(()),
+            moving_len: AtomicUsize::new(0),
             backlog: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             max_pending: 1_000,
             queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
             pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
         })
+    }
+
+    /// A memory store whose next `failures` inserts fail.
+    struct FlakyStore {
+        inner: MemoryStore,
+        failures: AtomicUsize,
+    }
+
+    impl UsageStore for FlakyStore {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+            let left = self.failures.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::SeqCst);
+                return Err(UsageError::Database("down".into()));
+            }
+            self.inner.insert(records)
+        }
+        fn recent(
+            &self,
+            filter: &crate::query::UsageFilter,
+            limit: usize,
+            offset: usize,
+        ) -> Result<RecentPage, UsageError> {
+            self.inner.recent(filter, limit, offset)
+        }
+        fn aggregate(
+            &self,
+            filter: &crate::query::UsageFilter,
+            group_by: &[crate::query::GroupKey],
+        ) -> Result<AggregateSet, UsageError> {
+            self.inner.aggregate(filter, group_by)
+        }
+        fn export(
+            &self,
+            filter: &crate::query::UsageFilter,
+            sink: &mut dyn FnMut(&UsageRecord) -> bool,
+        ) -> Result<u64, UsageError> {
+            self.inner.export(filter, sink)
+        }
+        fn prune(&self, before_us: i64) -> Result<u64, UsageError> {
+            self.inner.prune(before_us)
+        }
+        fn flush(&self) -> Result<(), UsageError> {
+            self.inner.flush()
+        }
+        fn count(&self) -> Result<u64, UsageError> {
+            self.inner.count()
+        }
+    }
+
+    /// The writer moves a batch out of `pending` without copying it; when
+    /// the store refuses it, the batch goes back in front of the records
+    /// built meanwhile, and queries see every record throughout.
+    #[test]
+    fn a_batch_the_store_refuses_stays_pending_in_order() {
+        let store = Arc::new(FlakyStore {
+            inner: MemoryStore::new(),
+            failures: AtomicUsize::new(1),
+        });
+        let shared = shared_over(store.clone());
+        let queries = UsageQueries {
+            shared: shared.clone(),
+        };
+        let records =
+            crate::store::conformance::synthetic_records(5, 1_700_000_000_000_000, 1_000_000, 7);
+        let ids =
+            |v: &[(UsageRecord, Instant)]| v.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>();
+        for r in &records[..3] {
+            shared.push_pending(r.clone(), Instant::now());
+        }
+        assert!(flush_pending(&shared).is_err());
+        for r in &records[3..] {
+            shared.push_pending(r.clone(), Instant::now());
+        }
+        let want: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(
+            ids(&shared.pending.lock().unwrap()),
+            want,
+            "the refused batch comes first"
+        );
+        assert_eq!(shared.moving_len.load(Ordering::SeqCst), 0);
+        let all = UsageQuery::default();
+        assert_eq!(queries.stats(&all).unwrap().overall.request_count, 5);
+        flush_pending(&shared).unwrap();
+        assert_eq!(shared.pending_len(), 0);
+        assert_eq!(store.count().unwrap(), 5);
+        assert_eq!(
+            queries.stats(&all).unwrap().overall.request_count,
+            5,
+            "never counted twice"
+        );
     }
 
     /// A builder thread whose counting thread never runs (as when the CPU is
@@ -665,6 +791,7 @@ mod tests {
             Arc::new(PriceTable::bundled().unwrap()),
             queue.clone(),
             counted_rx,
+            SpareCpu::new(0.0),
         );
         let builder = {
             let shared = shared.clone();
@@ -712,6 +839,7 @@ mod tests {
         // thread, however busy the machine running the tests is.
         let config = UsageTrackingConfig {
             flush_interval_seconds: 60.0,
+            exact_counting_min_idle_cpu: 0.0,
             ..UsageTrackingConfig::default()
         };
         let tracker = UsageTracker::start(

@@ -63,7 +63,7 @@ use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
 use crate::record::UsageRecord;
 use crate::store::rollup::{
-    DAY_US, HOUR_US, RECORD_COLUMNS, RollupKey, RollupKeyRef, SqlValue, decode_tool_names,
+    DAY_US, HOUR_US, HourGroups, RECORD_COLUMNS, RollupKey, SqlValue, decode_tool_names,
     encode_tool_names, filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome,
     parse_token_source, plan, rollups_can_answer,
 };
@@ -822,17 +822,14 @@ async fn write_batch(
         inserted.insert(row.try_get(0).map_err(pg_err)?);
     }
     // Group the records actually inserted (the first of equal ids) by hour and key.
-    let mut fresh: HashMap<(i64, RollupKeyRef<'_>), Aggregate> = HashMap::new();
+    let mut fresh = HourGroups::default();
     for r in records {
         if inserted.remove(&r.id) {
-            fresh
-                .entry((hour_floor(r.timestamp_us), RollupKeyRef::of(r)))
-                .or_default()
-                .add(r);
+            fresh.add(r);
         }
     }
     let mut deltas = RollupDeltas::new();
-    for ((hour, key), agg) in fresh {
+    for ((hour, key), agg) in fresh.into_groups() {
         let key = key.to_key();
         let id = match keys.ids.get(&key) {
             Some(id) => *id,

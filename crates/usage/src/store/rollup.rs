@@ -3,8 +3,12 @@
 //! and the `WHERE` clause of a [`UsageFilter`] (placeholders `?`, values in
 //! order; each store renders them for its database).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use serde::{Deserialize, Serialize};
 
+use crate::aggregate::Aggregate;
 use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
 use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
@@ -239,6 +243,50 @@ impl<'a> RollupKeyRef<'a> {
             proxy_user: self.proxy_user.map(str::to_owned),
             streaming: self.streaming,
         }
+    }
+}
+
+/// Records of a batch grouped by (hour, [`RollupKeyRef`]), each group's
+/// aggregate. Consecutive records usually share their group (one backend,
+/// one model, one hour): a run adds to the last group, comparing keys
+/// instead of hashing them (SipHash over the key's strings was ~10 % of a
+/// SQLite insert's instructions).
+#[derive(Debug, Default)]
+pub(crate) struct HourGroups<'a> {
+    groups: HashMap<(i64, RollupKeyRef<'a>), Aggregate>,
+    run: Option<((i64, RollupKeyRef<'a>), Aggregate)>,
+}
+
+impl<'a> HourGroups<'a> {
+    /// Adds `r` to its group.
+    pub(crate) fn add(&mut self, r: &'a UsageRecord) {
+        let key = (crate::time::hour_floor(r.timestamp_us), RollupKeyRef::of(r));
+        match &mut self.run {
+            Some((k, agg)) if *k == key => agg.add(r),
+            _ => {
+                self.end_run();
+                let mut agg = Aggregate::default();
+                agg.add(r);
+                self.run = Some((key, agg));
+            }
+        }
+    }
+
+    fn end_run(&mut self) {
+        if let Some((key, agg)) = self.run.take() {
+            match self.groups.entry(key) {
+                Entry::Occupied(mut e) => e.get_mut().merge(&agg),
+                Entry::Vacant(e) => {
+                    e.insert(agg);
+                }
+            }
+        }
+    }
+
+    /// The groups.
+    pub(crate) fn into_groups(mut self) -> HashMap<(i64, RollupKeyRef<'a>), Aggregate> {
+        self.end_run();
+        self.groups
     }
 }
 

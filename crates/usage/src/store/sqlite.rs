@@ -64,7 +64,7 @@ use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
 use crate::record::UsageRecord;
 use crate::store::rollup::{
-    DAY_US, HOUR_US, RECORD_COLUMNS, RollupKey, RollupKeyRef, SqlValue, decode_tool_names,
+    DAY_US, HOUR_US, HourGroups, RECORD_COLUMNS, RollupKey, SqlValue, decode_tool_names,
     filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome, parse_token_source,
     plan, rollups_can_answer,
 };
@@ -918,17 +918,18 @@ fn rebuild_rollups(conn: &mut Connection) -> Result<Rollups, UsageError> {
 /// The key of `session` (`sessions.key_us`): the stored one, or
 /// `timestamp_us` for a session new to the store.
 fn session_key(conn: &Connection, session: &str, timestamp_us: i64) -> Result<i64, UsageError> {
-    let stored: Option<i64> = conn
-        .prepare_cached("SELECT key_us FROM sessions WHERE session_id = ?1")
-        .and_then(|mut s| s.query_row([session], |r| r.get(0)).optional())
-        .map_err(db_err)?;
-    if let Some(k) = stored {
-        return Ok(k);
-    }
-    conn.prepare_cached("INSERT INTO sessions (session_id, key_us) VALUES (?1, ?2)")
+    // A new session (the common case for a session not cached) costs one
+    // statement; a known one a second.
+    let inserted = conn
+        .prepare_cached("INSERT OR IGNORE INTO sessions (session_id, key_us) VALUES (?1, ?2)")
         .and_then(|mut s| s.execute(params![session, timestamp_us]))
         .map_err(db_err)?;
-    Ok(timestamp_us)
+    if inserted == 1 {
+        return Ok(timestamp_us);
+    }
+    conn.prepare_cached("SELECT key_us FROM sessions WHERE session_id = ?1")
+        .and_then(|mut s| s.query_row([session], |r| r.get(0)))
+        .map_err(db_err)
 }
 
 fn insert_key(conn: &Connection, id: u32, k: &RollupKey) -> Result<(), UsageError> {
@@ -985,7 +986,7 @@ impl UsageStore for SqliteStore {
         let mut session_keys = lock(&self.session_keys);
         let tx = conn.transaction().map_err(db_err)?;
         // Insert, grouping the records actually inserted by (hour, key).
-        let mut fresh: HashMap<(i64, RollupKeyRef<'_>), Aggregate> = HashMap::new();
+        let mut fresh = HourGroups::default();
         // Session keys learnt in this transaction (remembered once committed).
         let mut learnt: HashMap<&str, i64> = HashMap::new();
         let mut bufs = RowBuffers::default();
@@ -1007,15 +1008,13 @@ impl UsageStore for SqliteStore {
                     }
                 };
                 if insert_record(&mut stmt, &mut bufs, r, key)? == 1 {
-                    fresh
-                        .entry((hour_floor(r.timestamp_us), RollupKeyRef::of(r)))
-                        .or_default()
-                        .add(r);
+                    fresh.add(r);
                 }
             }
         }
         // Resolve key ids; new keys get the next ids.
         let mut new_keys: Vec<RollupKey> = Vec::new();
+        let fresh = fresh.into_groups();
         let mut touched: Vec<(i64, u32, RollupKey, Aggregate)> = Vec::with_capacity(fresh.len());
         {
             let known = self.read_rollups();
