@@ -10,6 +10,7 @@ use super::json::truncate;
 use super::lenient::{Field, parse, parse_str};
 use super::openai_chat::{ChatIn, ChatState};
 use super::responses::{ResponsesIn, ResponsesState};
+use super::scan::usage_span;
 use super::sse::SseParser;
 use super::usage::{AnthropicUsage, UsageField, usage_from_field};
 use crate::record::BackendUsage;
@@ -272,43 +273,75 @@ fn has_usage(data: &[u8]) -> bool {
 /// `[]` (servers repeat `"tool_calls": []` or `"error": null` in events
 /// that carry neither).
 fn found_with_a_value(finder: &Finder<'_>, data: &[u8]) -> bool {
-    finder.find_iter(data).any(|at| {
-        let rest = data[at + finder.needle().len()..].trim_ascii_start();
-        match rest.strip_prefix(b":") {
-            Some(value) => {
-                let value = value.trim_ascii_start();
-                !(value.starts_with(b"null") || value.starts_with(b"[]"))
-            }
-            None => true,
+    finder
+        .find_iter(data)
+        .any(|at| has_a_value(data.get(at + finder.needle().len()..).unwrap_or_default()))
+}
+
+/// Whether a needle followed by `rest` counts: unless it is a key whose
+/// value is `null` or `[]`.
+pub(super) fn has_a_value(rest: &[u8]) -> bool {
+    match rest.trim_ascii_start().strip_prefix(b":") {
+        Some(value) => {
+            let value = value.trim_ascii_start();
+            !(value.starts_with(b"null") || value.starts_with(b"[]"))
         }
-    })
+        None => true,
+    }
+}
+
+/// The usage of a JSON object body that names no tool call and reports no
+/// error (then nothing else in it is essential): `Some(None)` when it has
+/// none. `None` when the body needs the full reading. One pass over the
+/// body ([`usage_span`]); only the `usage` value is parsed.
+fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    let usage = match usage_span(body)? {
+        Some(span) => parse::<UsageField>(span, &mut String::new())?,
+        None => UsageField::default(),
+    };
+    Some(usage_of(protocol, &usage))
+}
+
+/// The normalized usage of a body's `usage` field.
+fn usage_of(protocol: Frontend, usage: &UsageField) -> Option<BackendUsage> {
+    match protocol {
+        Frontend::AnthropicMessages => {
+            let mut merged = AnthropicUsage::default();
+            merged.merge(usage);
+            merged.normalized()
+        }
+        _ => usage_from_field(protocol, usage),
+    }
 }
 
 /// The top-level keys read of a body when only its usage is wanted.
+#[cfg(test)]
 #[derive(Default, serde::Deserialize)]
 #[serde(default)]
 struct UsageOnly {
     usage: UsageField,
 }
 
-/// The usage of a JSON object body that names no tool call and reports no
-/// error (then nothing else in it is essential): `Some(None)` when it has
-/// none. `None` when the body needs the full reading.
-fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+/// [`usage_only`] as it was before [`usage_span`]: the essential-key
+/// prefilter, then serde over the whole body (the scanner's reference).
+#[cfg(test)]
+pub(super) fn usage_only_reference(
+    protocol: Frontend,
+    body: &[u8],
+) -> Option<Option<BackendUsage>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[start] != b'{' || names_tools_or_errors(body) {
+    if body.get(start) != Some(&b'{') || names_tools_or_errors(body) {
         return None;
     }
     let mut scratch = String::new();
     let parsed = parse::<Field<UsageOnly>>(body, &mut scratch)?.into_object()?;
-    Some(match protocol {
-        Frontend::AnthropicMessages => {
-            let mut usage = AnthropicUsage::default();
-            usage.merge(&parsed.usage);
-            usage.normalized()
-        }
-        _ => usage_from_field(protocol, &parsed.usage),
-    })
+    Some(usage_of(protocol, &parsed.usage))
+}
+
+/// [`usage_only`], for the scanner's tests.
+#[cfg(test)]
+pub(super) fn usage_only_scanned(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    usage_only(protocol, body)
 }
 
 fn looks_like_sse(buf: &[u8]) -> bool {
