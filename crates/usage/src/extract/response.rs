@@ -230,7 +230,9 @@ impl ResponseAccumulator {
 
 /// Byte strings whose presence means an event or body may make or name a
 /// tool call or report an error (suffix matches: `tool_use"` also finds
-/// `server_tool_use"`; the Responses argument events make a tool call too).
+/// `server_tool_use"`; the Responses argument events make a tool call too),
+/// searched one at a time (the reference of [`names_tools_or_errors`]).
+#[cfg(test)]
 const ESSENTIAL_KEYS: [&[u8]; 8] = [
     b"tool_calls\"",
     b"function_call\"",
@@ -240,6 +242,21 @@ const ESSENTIAL_KEYS: [&[u8]; 8] = [
     b"custom_tool_call_input",
     b"input_json_delta",
     b"\"error\"",
+];
+
+/// The essential needles but `"error"` (`tool_calls"`, `tool_call"`,
+/// `function_call"`, `tool_use"`, `function_call_arguments`,
+/// `custom_tool_call_input`, `input_json_delta`), found by the bytes around
+/// their first `_`: `(byte before, byte after)`, the needle, that `_`'s
+/// offset in it.
+const UNDERSCORE_NEEDLES: [((u8, u8), &[u8], usize); 7] = [
+    ((b'l', b'c'), b"tool_calls\"", 4),
+    ((b'l', b'c'), b"tool_call\"", 4),
+    ((b'n', b'c'), b"function_call\"", 8),
+    ((b'n', b'c'), b"function_call_arguments", 8),
+    ((b'l', b'u'), b"tool_use\"", 4),
+    ((b'm', b't'), b"custom_tool_call_input", 6),
+    ((b't', b'j'), b"input_json_delta", 5),
 ];
 
 /// Whether an SSE event may carry usage, a tool call's name or an error.
@@ -253,11 +270,41 @@ fn carries_essentials(name: Option<&str>, data: &str) -> bool {
 }
 
 /// Searchers built once (building one costs more than a search of an event).
+#[cfg(test)]
 static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
     LazyLock::new(|| ESSENTIAL_KEYS.iter().copied().map(Finder::new).collect());
+static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
-fn names_tools_or_errors(data: &[u8]) -> bool {
+/// An essential needle (one of [`UNDERSCORE_NEEDLES`] or `"error"`) occurs
+/// with a value (see [`found_with_a_value`]): two passes over `data` (every
+/// `_`, then `"error"`) instead of one per needle.
+pub(super) fn names_tools_or_errors(data: &[u8]) -> bool {
+    names_tools(data) || found_with_a_value(&ERROR_FINDER, data)
+}
+
+/// One of [`UNDERSCORE_NEEDLES`] occurs with a value: one pass over `data`.
+pub(super) fn names_tools(data: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', data).any(|at| {
+        let (Some(&before), Some(&after)) = (data.get(at.wrapping_sub(1)), data.get(at + 1)) else {
+            return false;
+        };
+        UNDERSCORE_NEEDLES.iter().any(|&(around, needle, offset)| {
+            around == (before, after)
+                && at
+                    .checked_sub(offset)
+                    .and_then(|start| data.get(start..))
+                    .is_some_and(|from| {
+                        from.starts_with(needle)
+                            && has_a_value(from.get(needle.len()..).unwrap_or_default())
+                    })
+        })
+    })
+}
+
+/// [`names_tools_or_errors`] one needle at a time (its reference).
+#[cfg(test)]
+pub(super) fn names_tools_or_errors_reference(data: &[u8]) -> bool {
     ESSENTIAL_FINDERS
         .iter()
         .any(|f| found_with_a_value(f, data))
@@ -295,6 +342,10 @@ pub(super) fn has_a_value(rest: &[u8]) -> bool {
 /// none. `None` when the body needs the full reading. One pass over the
 /// body ([`usage_span`]); only the `usage` value is parsed.
 fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    // `usage_span` looks for `"error"` itself (it knows where strings end).
+    if names_tools(body) {
+        return None;
+    }
     let usage = match usage_span(body)? {
         Some(span) => parse::<UsageField>(span, &mut String::new())?,
         None => UsageField::default(),
@@ -330,7 +381,7 @@ pub(super) fn usage_only_reference(
     body: &[u8],
 ) -> Option<Option<BackendUsage>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body.get(start) != Some(&b'{') || names_tools_or_errors(body) {
+    if body.get(start) != Some(&b'{') || names_tools_or_errors_reference(body) {
         return None;
     }
     let mut scratch = String::new();

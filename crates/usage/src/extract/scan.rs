@@ -1,12 +1,13 @@
 //! One forward pass over a JSON object body that finds the span of its
-//! top-level `usage` value and whether anything in it is essential (names a
-//! tool call or reports an error), without building anything.
+//! top-level `usage` value, without building anything.
 //!
-//! The usage builder reads most non-streamed bodies for their usage alone;
-//! skipping the whole body with serde costs several times more than walking
-//! it here. Strings are skipped with `memchr3` (quote, backslash, and `_`,
-//! the first byte of the essential needles that may match inside a string);
-//! the grammar between strings (commas, colons, brackets, literals, numbers)
+//! The usage builder reads most non-streamed bodies for their usage alone
+//! (once the essential-needle prefilter of [`super::response`] found no
+//! tool call; the scan itself refuses a body with an `"error"` that has a
+//! value, as the prefilter would); skipping the whole body with serde costs more than
+//! walking it here and parsing only the `usage` value. Strings are skipped
+//! 8 bytes at a time, long ones with `memchr2` (quote, backslash); the
+//! grammar between strings (commas, colons, brackets, literals, numbers)
 //! is checked as serde_json checks it. Anything unexpected (broken or
 //! truncated structure, trailing bytes, a second top-level `usage`, an
 //! escaped top-level key, nesting deeper than serde_json allows) answers
@@ -15,7 +16,7 @@
 //! Not checked, unlike serde_json: raw control bytes inside strings (invalid
 //! JSON that no backend sends); such a body may still yield its usage here.
 
-use memchr::memchr3;
+use memchr::memchr2;
 
 use super::response::has_a_value;
 
@@ -23,40 +24,10 @@ use super::response::has_a_value;
 /// recursion limit is 128), so the scan gives up too.
 const MAX_DEPTH: usize = 127;
 
-/// Needles ending at a string's closing quote (suffixes of the raw content;
-/// `tool_use` also finds `server_tool_use`).
-const SUFFIX_NEEDLES: [&[u8]; 4] = [b"tool_calls", b"function_call", b"tool_call", b"tool_use"];
-
-/// `(needle, offset of its first '_', the byte after that '_')` for needles
-/// that may match anywhere in a string.
-const INNER_NEEDLES: [(&[u8], usize, u8); 3] = [
-    (b"function_call_arguments", 8, b'c'),
-    (b"custom_tool_call_input", 6, b't'),
-    (b"input_json_delta", 5, b'j'),
-];
-
-/// What the next token must be.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Want {
-    /// A value (after `:` or `,` in an array).
-    Value,
-    /// A value or `]` (after `[`).
-    ValueOrClose,
-    /// A key or `}` (after `{`).
-    KeyOrClose,
-    /// A key (after `,` in an object).
-    Key,
-    /// `:` after a key.
-    Colon,
-    /// `,` or the container's close after a value.
-    CommaOrClose,
-}
-
-/// Scans a JSON object body. `None`: the body needs the full reading (it
-/// names a tool call or reports an error the way the prefilter of
-/// [`super::response`] would see it, or it is not a well-formed JSON
-/// object). `Some(span)`: nothing essential in it, and `span` is the raw
-/// text of its top-level `usage` value, if it has one.
+/// Scans a JSON object body. `None`: the body needs the full reading (it is
+/// not a well-formed JSON object, the scan cannot be sure to read it as
+/// serde would, or it has an `"error"` with a value). `Some(span)`: `span` is the raw text of its top-level
+/// `usage` value, if it has one.
 pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
     let mut i = skip_whitespace(body, 0);
     if body.get(i) != Some(&b'{') {
@@ -66,48 +37,25 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
     // Bit `d` is set when the container at depth `d` (1 = top) is an object.
     let mut objects: u128 = 1 << 1;
     let mut depth: usize = 1;
-    let mut want = Want::KeyOrClose;
-    // A top-level `usage` key was read; its value is next; where that
-    // value starts; its span.
+    // Just after `{` or `[` (so it may close empty).
+    let mut first = true;
+    // A top-level `usage` key was read; where its value starts; its span.
     let mut usage_seen = false;
-    let mut usage_next = false;
     let mut usage_from: Option<usize> = None;
     let mut usage: Option<&[u8]> = None;
     loop {
+        // At a member (key, `:`, value) of an object or an element of an array.
         i = skip_whitespace(body, i);
-        let byte = *body.get(i)?;
-        // Where the value (or container) that ends here ends, exclusive.
-        let value_end = match (want, byte) {
-            (Want::ValueOrClose, b']') | (Want::KeyOrClose, b'}') => {
-                depth -= 1;
-                i + 1
-            }
-            (Want::Value | Want::ValueOrClose, _) => {
-                if usage_next {
-                    usage_next = false;
-                    usage_from = Some(i);
+        let in_object = objects & (1 << depth) != 0;
+        let mut byte = *body.get(i)?;
+        let mut end = if first && byte == if in_object { b'}' } else { b']' } {
+            depth -= 1;
+            i + 1
+        } else {
+            if in_object {
+                if byte != b'"' {
+                    return None;
                 }
-                match byte {
-                    b'"' => string(body, i)?.0 + 1,
-                    b'{' | b'[' => {
-                        if depth >= MAX_DEPTH {
-                            return None;
-                        }
-                        depth += 1;
-                        if byte == b'{' {
-                            objects |= 1 << depth;
-                            want = Want::KeyOrClose;
-                        } else {
-                            objects &= !(1 << depth);
-                            want = Want::ValueOrClose;
-                        }
-                        i += 1;
-                        continue;
-                    }
-                    _ => literal(body, i)?,
-                }
-            }
-            (Want::KeyOrClose | Want::Key, b'"') => {
                 let (close, escaped) = string(body, i)?;
                 if depth == 1 {
                     let key = body.get(i + 1..close)?;
@@ -121,48 +69,64 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
                             return None;
                         }
                         usage_seen = true;
-                        usage_next = true;
+                        usage_from = Some(usize::MAX);
                     }
                 }
-                want = Want::Colon;
-                i = close + 1;
-                continue;
-            }
-            (Want::Colon, b':') => {
-                want = Want::Value;
-                i += 1;
-                continue;
-            }
-            (Want::CommaOrClose, b',') => {
-                want = if objects & (1 << depth) != 0 {
-                    Want::Key
-                } else {
-                    Want::Value
-                };
-                i += 1;
-                continue;
-            }
-            (Want::CommaOrClose, b'}' | b']') => {
-                if (byte == b'}') != (objects & (1 << depth) != 0) {
+                i = skip_whitespace(body, close + 1);
+                if body.get(i) != Some(&b':') {
                     return None;
                 }
-                depth -= 1;
-                i + 1
+                i = skip_whitespace(body, i + 1);
+                byte = *body.get(i)?;
+                if usage_from == Some(usize::MAX) {
+                    usage_from = Some(i);
+                }
             }
-            _ => return None,
+            match byte {
+                b'"' => string(body, i)?.0 + 1,
+                b'{' | b'[' => {
+                    if depth >= MAX_DEPTH {
+                        return None;
+                    }
+                    depth += 1;
+                    if byte == b'{' {
+                        objects |= 1 << depth;
+                    } else {
+                        objects &= !(1 << depth);
+                    }
+                    first = true;
+                    i += 1;
+                    continue;
+                }
+                _ => literal(body, i)?,
+            }
         };
-        want = Want::CommaOrClose;
-        i = value_end;
-        if depth == 1
-            && let Some(from) = usage_from.take()
-        {
-            usage = Some(body.get(from..i)?);
+        // A value ended at `end` (a container by its close): what follows
+        // it, closing containers until a `,`.
+        loop {
+            if depth == 1
+                && let Some(from) = usage_from.take()
+            {
+                usage = Some(body.get(from..end)?);
+            }
+            if depth == 0 {
+                // The top-level object closed: only whitespace may follow.
+                let rest = body.get(end..).unwrap_or_default();
+                return rest.iter().all(|b| is_whitespace(*b)).then_some(usage);
+            }
+            i = skip_whitespace(body, end);
+            let in_object = objects & (1 << depth) != 0;
+            match *body.get(i)? {
+                b',' => break,
+                b'}' if in_object => {}
+                b']' if !in_object => {}
+                _ => return None,
+            }
+            depth -= 1;
+            end = i + 1;
         }
-        if depth == 0 {
-            // The top-level object closed: only whitespace may follow.
-            let rest = body.get(i..).unwrap_or_default();
-            return rest.iter().all(|b| is_whitespace(*b)).then_some(usage);
-        }
+        first = false;
+        i += 1;
     }
 }
 
@@ -172,27 +136,22 @@ fn is_whitespace(byte: u8) -> bool {
 }
 
 fn skip_whitespace(body: &[u8], mut i: usize) -> usize {
-    while body.get(i).is_some_and(|b| is_whitespace(*b)) {
+    while body.get(i).is_some_and(|b| *b <= b' ' && is_whitespace(*b)) {
         i += 1;
     }
     i
 }
 
 /// Skips the string opening at `open`: `(index of its closing quote,
-/// whether it has escapes)`. `None` when it is unterminated, has a bad
-/// escape, or holds an essential needle that has a value.
+/// whether it has escapes)`. `None` when it is unterminated or has a bad
+/// escape, or reports an error ([`reports_an_error`]).
 fn string(body: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        let at = i + memchr3(b'"', b'\\', b'_', body.get(i..)?)?;
+        let at = next_stop(body, i)?;
         match body.get(at)? {
-            b'"' => {
-                if essential_suffix(body, at) {
-                    return None;
-                }
-                return Some((at, escaped));
-            }
+            b'"' => return (!reports_an_error(body, at)).then_some((at, escaped)),
             b'\\' => {
                 escaped = true;
                 i = at + 2;
@@ -208,53 +167,62 @@ fn string(body: &[u8], open: usize) -> Option<(usize, bool)> {
                     _ => return None,
                 }
             }
-            _ => {
-                if essential_inside(body, at) {
-                    return None;
-                }
-                i = at + 1;
-            }
+            _ => return None,
         }
     }
 }
 
-/// An essential needle ends at the closing quote at `close` and has a value.
-fn essential_suffix(body: &[u8], close: usize) -> bool {
-    let Some(content) = body.get(..close) else {
-        return false;
-    };
-    let found = match content.last() {
-        Some(b's' | b'l' | b'e') => SUFFIX_NEEDLES.iter().any(|n| content.ends_with(n)),
-        Some(b'r') => content.ends_with(b"\"error"),
-        _ => false,
-    };
-    found && has_a_value(body.get(close + 1..).unwrap_or_default())
+/// The string closing at `close` is the prefilter's needle `"error"` (its
+/// raw content is `error` or ends with `\"error`) with a value: in a body
+/// the scan accepts, every `"error"` ends at a closing quote.
+fn reports_an_error(body: &[u8], close: usize) -> bool {
+    body.get(..close)
+        .is_some_and(|content| content.last() == Some(&b'r') && content.ends_with(b"\"error"))
+        && has_a_value(body.get(close + 1..).unwrap_or_default())
 }
 
-/// An essential needle whose first `_` is at `at` matches and has a value.
-fn essential_inside(body: &[u8], at: usize) -> bool {
-    let Some(&next) = body.get(at + 1) else {
-        return false;
-    };
-    INNER_NEEDLES.iter().any(|&(needle, offset, after)| {
-        next == after
-            && at.checked_sub(offset).is_some_and(|start| {
-                body.get(start..).is_some_and(|from| {
-                    from.starts_with(needle)
-                        && has_a_value(from.get(needle.len()..).unwrap_or_default())
-                })
-            })
-    })
+/// Bytes of a word, each repeated 8 times.
+const fn repeated(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The high bit of each byte of `word` that is zero; exact up to the lowest
+/// such byte (higher ones may be false positives, which no caller reads).
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(repeated(0x01)) & !word & repeated(0x80)
+}
+
+/// The first `"` or `\` at or after `from`. Strings are mostly short
+/// (keys, ids, enum values): their first 32 bytes are looked at 8 at a time
+/// here, cheaper than a call; the rest of a long one goes to `memchr2`.
+fn next_stop(body: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    for _ in 0..4 {
+        let Some(chunk) = body.get(i..i + 8) else {
+            break;
+        };
+        let word = u64::from_le_bytes(chunk.try_into().ok()?);
+        let found = zero_bytes(word ^ repeated(b'"')) | zero_bytes(word ^ repeated(b'\\'));
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    Some(i + memchr2(b'"', b'\\', body.get(i..)?)?)
 }
 
 /// Checks the literal (`true`, `false`, `null`) or number at `start`;
 /// where it ends.
 fn literal(body: &[u8], start: usize) -> Option<usize> {
     let rest = body.get(start..)?;
-    for word in [&b"true"[..], b"false", b"null"] {
-        if rest.starts_with(word) {
-            return Some(start + word.len());
-        }
+    let word: &[u8] = match rest.first()? {
+        b't' => b"true",
+        b'f' => b"false",
+        b'n' => b"null",
+        _ => b"",
+    };
+    if !word.is_empty() {
+        return rest.starts_with(word).then_some(start + word.len());
     }
     let digits = |from: usize| {
         let n = rest
@@ -347,8 +315,17 @@ mod tests {
         assert_eq!(span(r#"{"a": {"k\"ey": 1}}"#), Some(None));
     }
 
+    /// The prefilter and the scan, as `usage_only` runs them.
+    fn essentials_then_span(body: &str) -> Option<Option<&str>> {
+        if super::super::response::names_tools(body.as_bytes()) {
+            return None;
+        }
+        span(body)
+    }
+
     #[test]
     fn essential_needles_with_a_value_mean_full_reading() {
+        let span = essentials_then_span;
         assert_eq!(span(r#"{"tool_calls": [{"id": "x"}]}"#), None);
         assert_eq!(span(r#"{"tool_calls": []}"#), Some(None));
         assert_eq!(

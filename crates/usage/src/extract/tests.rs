@@ -1124,6 +1124,27 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn essential_needles_are_found_as_one_needle_at_a_time(
+        pieces in prop::collection::vec(prop_oneof![
+            Just("tool_calls"), Just("tool_call"), Just("function_call"), Just("tool_use"),
+            Just("_arguments"), Just("function_call_arguments"), Just("custom_tool_call_input"),
+            Just("input_json_delta"), Just("error"), Just("server"), Just("_"), Just("\""),
+            Just(":"), Just(" "), Just("null"), Just("[]"), Just("[ ]"), Just("\\"), Just("x"),
+        ], 0..24),
+        noise in prop::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let mut data = pieces.concat().into_bytes();
+        data.extend(noise);
+        prop_assert_eq!(
+            super::response::names_tools_or_errors(&data),
+            super::response::names_tools_or_errors_reference(&data),
+            "{}", String::from_utf8_lossy(&data)
+        );
+    }
+}
+
 // ------------------------------------------------------------- mock model
 
 fn mock_requests(protocol: Frontend) -> Vec<Value> {
