@@ -12,7 +12,7 @@ use super::openai_chat::{ChatIn, ChatState};
 use super::responses::{ResponsesIn, ResponsesState};
 use super::scan::usage_span;
 use super::sse::SseParser;
-use super::usage::{AnthropicUsage, UsageField, usage_from_field};
+use super::usage::{AnthropicUsage, UsageField, parse_usage_field, usage_from_field};
 use crate::record::BackendUsage;
 
 /// Largest JSON body buffered for extraction; a bigger body yields no facts.
@@ -347,7 +347,7 @@ fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
         return None;
     }
     let usage = match usage_span(body)? {
-        Some(span) => parse::<UsageField>(span, &mut String::new())?,
+        Some(span) => parse_usage_field(span)?,
         None => UsageField::default(),
     };
     Some(usage_of(protocol, &usage))
