@@ -37,6 +37,8 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
     // Bit `d` is set when the container at depth `d` (1 = top) is an object.
     let mut objects: u128 = 1 << 1;
     let mut depth: usize = 1;
+    // The container at `depth` is an object (bit `depth` of `objects`).
+    let mut in_object = true;
     // Just after `{` or `[` (so it may close empty).
     let mut first = true;
     // A top-level `usage` key was read; where its value starts; its span.
@@ -46,10 +48,10 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
     loop {
         // At a member (key, `:`, value) of an object or an element of an array.
         i = skip_whitespace(body, i);
-        let in_object = objects & (1 << depth) != 0;
         let mut byte = *body.get(i)?;
         let mut end = if first && byte == if in_object { b'}' } else { b']' } {
             depth -= 1;
+            in_object = objects & (1 << depth) != 0;
             i + 1
         } else {
             if in_object {
@@ -89,7 +91,8 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
                         return None;
                     }
                     depth += 1;
-                    if byte == b'{' {
+                    in_object = byte == b'{';
+                    if in_object {
                         objects |= 1 << depth;
                     } else {
                         objects &= !(1 << depth);
@@ -115,7 +118,6 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
                 return rest.iter().all(|b| is_whitespace(*b)).then_some(usage);
             }
             i = skip_whitespace(body, end);
-            let in_object = objects & (1 << depth) != 0;
             match *body.get(i)? {
                 b',' => break,
                 b'}' if in_object => {}
@@ -123,6 +125,7 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
                 _ => return None,
             }
             depth -= 1;
+            in_object = objects & (1 << depth) != 0;
             end = i + 1;
         }
         first = false;
