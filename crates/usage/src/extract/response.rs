@@ -244,21 +244,6 @@ const ESSENTIAL_KEYS: [&[u8]; 8] = [
     b"\"error\"",
 ];
 
-/// The essential needles but `"error"` (`tool_calls"`, `tool_call"`,
-/// `function_call"`, `tool_use"`, `function_call_arguments`,
-/// `custom_tool_call_input`, `input_json_delta`), found by the bytes around
-/// their first `_`: `(byte before, byte after)`, the needle, that `_`'s
-/// offset in it.
-const UNDERSCORE_NEEDLES: [((u8, u8), &[u8], usize); 7] = [
-    ((b'l', b'c'), b"tool_calls\"", 4),
-    ((b'l', b'c'), b"tool_call\"", 4),
-    ((b'n', b'c'), b"function_call\"", 8),
-    ((b'n', b'c'), b"function_call_arguments", 8),
-    ((b'l', b'u'), b"tool_use\"", 4),
-    ((b'm', b't'), b"custom_tool_call_input", 6),
-    ((b't', b'j'), b"input_json_delta", 5),
-];
-
 /// Whether an SSE event may carry usage, a tool call's name or an error.
 /// Inside JSON strings quotes are escaped, so these byte strings can only be
 /// keys (or whole string values); an event without any of them is a delta
@@ -276,29 +261,42 @@ static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
 static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
-/// An essential needle (one of [`UNDERSCORE_NEEDLES`] or `"error"`) occurs
-/// with a value (see [`found_with_a_value`]): two passes over `data` (every
+/// An essential needle (a tool needle, see [`tool_needle_at`], or `"error"`)
+/// occurs with a value (see [`found_with_a_value`]): two passes over `data` (every
 /// `_`, then `"error"`) instead of one per needle.
 pub(super) fn names_tools_or_errors(data: &[u8]) -> bool {
     names_tools(data) || found_with_a_value(&ERROR_FINDER, data)
 }
 
-/// One of [`UNDERSCORE_NEEDLES`] occurs with a value: one pass over `data`.
+/// A tool needle ([`tool_needle_at`]) occurs with a value: one pass over `data`.
 pub(super) fn names_tools(data: &[u8]) -> bool {
-    memchr::memchr_iter(b'_', data).any(|at| {
-        let (Some(&before), Some(&after)) = (data.get(at.wrapping_sub(1)), data.get(at + 1)) else {
-            return false;
-        };
-        UNDERSCORE_NEEDLES.iter().any(|&(around, needle, offset)| {
-            around == (before, after)
-                && at
-                    .checked_sub(offset)
-                    .and_then(|start| data.get(start..))
-                    .is_some_and(|from| {
-                        from.starts_with(needle)
-                            && has_a_value(from.get(needle.len()..).unwrap_or_default())
-                    })
-        })
+    memchr::memchr_iter(b'_', data).any(|at| tool_needle_at(data, at))
+}
+
+/// A tool needle (every essential needle but `"error"`: `tool_calls"`,
+/// `tool_call"`, `function_call"`, `function_call_arguments`, `tool_use"`,
+/// `custom_tool_call_input`, `input_json_delta`) has its first `_` at `at`
+/// and a value. The bytes around that `_` tell which needles may.
+fn tool_needle_at(data: &[u8], at: usize) -> bool {
+    let (Some(&before), Some(&after)) = (data.get(at.wrapping_sub(1)), data.get(at + 1)) else {
+        return false;
+    };
+    // (needle, offset of its first `_`)
+    let candidates: &[(&[u8], usize)] = match (before, after) {
+        (b'l', b'c') => &[(b"tool_calls\"", 4), (b"tool_call\"", 4)],
+        (b'n', b'c') => &[(b"function_call\"", 8), (b"function_call_arguments", 8)],
+        (b'l', b'u') => &[(b"tool_use\"", 4)],
+        (b'm', b't') => &[(b"custom_tool_call_input", 6)],
+        (b't', b'j') => &[(b"input_json_delta", 5)],
+        _ => return false,
+    };
+    candidates.iter().any(|&(needle, offset)| {
+        at.checked_sub(offset)
+            .and_then(|start| data.get(start..))
+            .is_some_and(|from| {
+                from.starts_with(needle)
+                    && has_a_value(from.get(needle.len()..).unwrap_or_default())
+            })
     })
 }
 
