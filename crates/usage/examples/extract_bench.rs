@@ -6,12 +6,14 @@
 //! cargo run --release -p llm-proxy-usage --example extract_bench -- [--iterations 20000] [--only a]
 //! ```
 //!
-//! `--only X` runs just case X (a–e), e.g. under `perf stat -e instructions`.
+//! `--only X` runs just case X (a–g), e.g. under `perf stat -e instructions`.
 //!
 //! Prints nanoseconds per response (or request) for: a ~1 KB OpenAI chat
 //! JSON body, a 20-event OpenAI chat SSE stream with a final usage chunk, an
 //! Anthropic SSE stream (message_start, text deltas, message_delta), a
-//! Responses SSE stream, and a ~2 KB OpenAI chat request with tools.
+//! Responses SSE stream, and a ~2 KB OpenAI chat request with tools; then
+//! (f, g) the chat JSON body and stream read by the usage builder's
+//! `ResponseAccumulator::essentials` (usage and tool names only).
 #![expect(clippy::print_stdout, reason = "a benchmark prints its table")]
 
 use std::hint::black_box;
@@ -267,12 +269,29 @@ fn chat_request() -> Vec<u8> {
 }
 
 fn run_response(label: &str, protocol: Frontend, is_sse: bool, chunks: &[Vec<u8>], n: usize) {
+    run_reading(label, protocol, is_sse, false, chunks, n);
+}
+
+/// Times the full reading, or with `essentials` the usage builder's
+/// [`ResponseAccumulator::essentials`] (usage and tool names only).
+fn run_reading(
+    label: &str,
+    protocol: Frontend,
+    is_sse: bool,
+    essentials: bool,
+    chunks: &[Vec<u8>],
+    n: usize,
+) {
     if n == 0 {
         return;
     }
     let bytes: usize = chunks.iter().map(Vec::len).sum();
     let once = |chunks: &[Vec<u8>]| {
-        let mut acc = ResponseAccumulator::new(protocol, is_sse);
+        let mut acc = if essentials {
+            ResponseAccumulator::essentials(protocol, is_sse)
+        } else {
+            ResponseAccumulator::new(protocol, is_sse)
+        };
         for chunk in chunks {
             acc.push(black_box(chunk));
         }
@@ -280,7 +299,7 @@ fn run_response(label: &str, protocol: Frontend, is_sse: bool, chunks: &[Vec<u8>
     };
     let facts = once(chunks);
     assert!(
-        facts.usage.is_some() && !facts.text.is_empty(),
+        facts.usage.is_some() && (essentials || !facts.text.is_empty()),
         "{label}: {facts:?}"
     );
     for _ in 0..n / 10 {
@@ -343,6 +362,22 @@ fn main() {
         true,
         &responses_sse(),
         n_for("d"),
+    );
+    run_reading(
+        "(f) openai chat JSON, essentials",
+        Frontend::OpenAiChat,
+        false,
+        true,
+        &chat_json(),
+        n_for("f"),
+    );
+    run_reading(
+        "(g) openai chat SSE, essentials",
+        Frontend::OpenAiChat,
+        true,
+        true,
+        &chat_sse(),
+        n_for("g"),
     );
     let n = n_for("e");
     if n == 0 {

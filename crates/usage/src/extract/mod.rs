@@ -35,6 +35,7 @@ mod openai_chat;
 mod prompt;
 mod response;
 mod responses;
+mod scan;
 mod sse;
 mod usage;
 

@@ -10,8 +10,9 @@ use super::json::truncate;
 use super::lenient::{Field, parse, parse_str};
 use super::openai_chat::{ChatIn, ChatState};
 use super::responses::{ResponsesIn, ResponsesState};
+use super::scan::usage_span;
 use super::sse::SseParser;
-use super::usage::{AnthropicUsage, UsageField, usage_from_field};
+use super::usage::{AnthropicUsage, UsageField, parse_usage_field, usage_from_field};
 use crate::record::BackendUsage;
 
 /// Largest JSON body buffered for extraction; a bigger body yields no facts.
@@ -229,7 +230,9 @@ impl ResponseAccumulator {
 
 /// Byte strings whose presence means an event or body may make or name a
 /// tool call or report an error (suffix matches: `tool_use"` also finds
-/// `server_tool_use"`; the Responses argument events make a tool call too).
+/// `server_tool_use"`; the Responses argument events make a tool call too),
+/// searched one at a time (the reference of [`names_tools_or_errors`]).
+#[cfg(test)]
 const ESSENTIAL_KEYS: [&[u8]; 8] = [
     b"tool_calls\"",
     b"function_call\"",
@@ -252,11 +255,54 @@ fn carries_essentials(name: Option<&str>, data: &str) -> bool {
 }
 
 /// Searchers built once (building one costs more than a search of an event).
+#[cfg(test)]
 static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
     LazyLock::new(|| ESSENTIAL_KEYS.iter().copied().map(Finder::new).collect());
+static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
-fn names_tools_or_errors(data: &[u8]) -> bool {
+/// An essential needle (a tool needle, see [`tool_needle_at`], or `"error"`)
+/// occurs with a value (see [`found_with_a_value`]): two passes over `data` (every
+/// `_`, then `"error"`) instead of one per needle.
+pub(super) fn names_tools_or_errors(data: &[u8]) -> bool {
+    names_tools(data) || found_with_a_value(&ERROR_FINDER, data)
+}
+
+/// A tool needle ([`tool_needle_at`]) occurs with a value: one pass over `data`.
+pub(super) fn names_tools(data: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', data).any(|at| tool_needle_at(data, at))
+}
+
+/// A tool needle (every essential needle but `"error"`: `tool_calls"`,
+/// `tool_call"`, `function_call"`, `function_call_arguments`, `tool_use"`,
+/// `custom_tool_call_input`, `input_json_delta`) has its first `_` at `at`
+/// and a value. The bytes around that `_` tell which needles may.
+fn tool_needle_at(data: &[u8], at: usize) -> bool {
+    let (Some(&before), Some(&after)) = (data.get(at.wrapping_sub(1)), data.get(at + 1)) else {
+        return false;
+    };
+    // (needle, offset of its first `_`)
+    let candidates: &[(&[u8], usize)] = match (before, after) {
+        (b'l', b'c') => &[(b"tool_calls\"", 4), (b"tool_call\"", 4)],
+        (b'n', b'c') => &[(b"function_call\"", 8), (b"function_call_arguments", 8)],
+        (b'l', b'u') => &[(b"tool_use\"", 4)],
+        (b'm', b't') => &[(b"custom_tool_call_input", 6)],
+        (b't', b'j') => &[(b"input_json_delta", 5)],
+        _ => return false,
+    };
+    candidates.iter().any(|&(needle, offset)| {
+        at.checked_sub(offset)
+            .and_then(|start| data.get(start..))
+            .is_some_and(|from| {
+                from.starts_with(needle)
+                    && has_a_value(from.get(needle.len()..).unwrap_or_default())
+            })
+    })
+}
+
+/// [`names_tools_or_errors`] one needle at a time (its reference).
+#[cfg(test)]
+pub(super) fn names_tools_or_errors_reference(data: &[u8]) -> bool {
     ESSENTIAL_FINDERS
         .iter()
         .any(|f| found_with_a_value(f, data))
@@ -272,43 +318,79 @@ fn has_usage(data: &[u8]) -> bool {
 /// `[]` (servers repeat `"tool_calls": []` or `"error": null` in events
 /// that carry neither).
 fn found_with_a_value(finder: &Finder<'_>, data: &[u8]) -> bool {
-    finder.find_iter(data).any(|at| {
-        let rest = data[at + finder.needle().len()..].trim_ascii_start();
-        match rest.strip_prefix(b":") {
-            Some(value) => {
-                let value = value.trim_ascii_start();
-                !(value.starts_with(b"null") || value.starts_with(b"[]"))
-            }
-            None => true,
+    finder
+        .find_iter(data)
+        .any(|at| has_a_value(data.get(at + finder.needle().len()..).unwrap_or_default()))
+}
+
+/// Whether a needle followed by `rest` counts: unless it is a key whose
+/// value is `null` or `[]`.
+pub(super) fn has_a_value(rest: &[u8]) -> bool {
+    match rest.trim_ascii_start().strip_prefix(b":") {
+        Some(value) => {
+            let value = value.trim_ascii_start();
+            !(value.starts_with(b"null") || value.starts_with(b"[]"))
         }
-    })
+        None => true,
+    }
+}
+
+/// The usage of a JSON object body that names no tool call and reports no
+/// error (then nothing else in it is essential): `Some(None)` when it has
+/// none. `None` when the body needs the full reading. One pass over the
+/// body ([`usage_span`]); only the `usage` value is parsed.
+fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    // `usage_span` looks for `"error"` itself (it knows where strings end).
+    if names_tools(body) {
+        return None;
+    }
+    let usage = match usage_span(body)? {
+        Some(span) => parse_usage_field(span)?,
+        None => UsageField::default(),
+    };
+    Some(usage_of(protocol, &usage))
+}
+
+/// The normalized usage of a body's `usage` field.
+fn usage_of(protocol: Frontend, usage: &UsageField) -> Option<BackendUsage> {
+    match protocol {
+        Frontend::AnthropicMessages => {
+            let mut merged = AnthropicUsage::default();
+            merged.merge(usage);
+            merged.normalized()
+        }
+        _ => usage_from_field(protocol, usage),
+    }
 }
 
 /// The top-level keys read of a body when only its usage is wanted.
+#[cfg(test)]
 #[derive(Default, serde::Deserialize)]
 #[serde(default)]
 struct UsageOnly {
     usage: UsageField,
 }
 
-/// The usage of a JSON object body that names no tool call and reports no
-/// error (then nothing else in it is essential): `Some(None)` when it has
-/// none. `None` when the body needs the full reading.
-fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+/// [`usage_only`] as it was before [`usage_span`]: the essential-key
+/// prefilter, then serde over the whole body (the scanner's reference).
+#[cfg(test)]
+pub(super) fn usage_only_reference(
+    protocol: Frontend,
+    body: &[u8],
+) -> Option<Option<BackendUsage>> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    if body[start] != b'{' || names_tools_or_errors(body) {
+    if body.get(start) != Some(&b'{') || names_tools_or_errors_reference(body) {
         return None;
     }
     let mut scratch = String::new();
     let parsed = parse::<Field<UsageOnly>>(body, &mut scratch)?.into_object()?;
-    Some(match protocol {
-        Frontend::AnthropicMessages => {
-            let mut usage = AnthropicUsage::default();
-            usage.merge(&parsed.usage);
-            usage.normalized()
-        }
-        _ => usage_from_field(protocol, &parsed.usage),
-    })
+    Some(usage_of(protocol, &parsed.usage))
+}
+
+/// [`usage_only`], for the scanner's tests.
+#[cfg(test)]
+pub(super) fn usage_only_scanned(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
+    usage_only(protocol, body)
 }
 
 fn looks_like_sse(buf: &[u8]) -> bool {

@@ -1036,6 +1036,117 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A `usage` value of any protocol, numbers as numbers, numeric strings,
+/// floats, nulls or nested objects.
+fn arb_usage() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        Just("prompt_tokens"),
+        Just("completion_tokens"),
+        Just("total_tokens"),
+        Just("input_tokens"),
+        Just("output_tokens"),
+        Just("cache_read_input_tokens"),
+        Just("cache_creation_input_tokens"),
+        Just("cached_tokens"),
+        Just("reasoning_tokens"),
+        Just("cost"),
+        Just("prompt_tokens_details"),
+        Just("input_tokens_details"),
+        Just("output_tokens_details"),
+        Just("completion_tokens_details"),
+        Just("prompt_cache_hit_tokens"),
+    ];
+    // Mostly plain counts (the hand reader's case), some of every other kind.
+    let leaf = prop_oneof![
+        12 => (0u64..100_000).prop_map(Value::from),
+        2 => Just(Value::Null),
+        1 => any::<u64>().prop_map(Value::from),
+        1 => any::<f64>().prop_map(Value::from),
+        1 => (0u64..1000).prop_map(|n| Value::from(format!(" {n} "))),
+        1 => Just(json!("x")),
+        1 => Just(json!({"ephemeral_5m_input_tokens": 0, "n": [1]})),
+    ];
+    leaf.prop_recursive(2, 24, 6, move |inner| {
+        prop::collection::vec((key.clone(), inner), 0..6).prop_map(|pairs| {
+            Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        })
+    })
+}
+
+/// Strings that test the scanner's string handling.
+fn arb_tricky_text() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just("say \"usage\": {\"prompt_tokens\": 9}"),
+        Just("back\\"),
+        Just("{"),
+        Just("}]"),
+        Just("say \"error"),
+        Just("error"),
+        Just("x_tool_calls"),
+        Just("function_call_arguments : null"),
+        Just("é \u{1} \u{1F600} \t\n"),
+        Just("input_json_delta"),
+        Just("a_b_c"),
+    ]
+    .prop_map(Value::from)
+}
+
+proptest! {
+    #[test]
+    fn usage_scan_agrees_with_the_whole_body_reading(
+        value in arb_json(),
+        usage in prop::option::of(arb_usage()),
+        text in arb_tricky_text(),
+        nested in arb_json(),
+    ) {
+        let mut object = match value.clone() {
+            Value::Object(object) => object,
+            other => [("choices".to_owned(), other)].into_iter().collect(),
+        };
+        if let Some(usage) = usage {
+            object.insert("usage".to_owned(), usage);
+        }
+        object.insert("id".to_owned(), text);
+        object.insert("data".to_owned(), nested);
+        let bodies = [
+            value.to_string(),
+            serde_json::to_string_pretty(&value).unwrap(),
+            Value::Object(object.clone()).to_string(),
+            serde_json::to_string_pretty(&Value::Object(object)).unwrap(),
+        ];
+        for body in &bodies {
+            for protocol in ALL {
+                prop_assert_eq!(
+                    super::response::usage_only_scanned(protocol, body.as_bytes()),
+                    super::response::usage_only_reference(protocol, body.as_bytes()),
+                    "{}", body
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn essential_needles_are_found_as_one_needle_at_a_time(
+        pieces in prop::collection::vec(prop_oneof![
+            Just("tool_calls"), Just("tool_call"), Just("function_call"), Just("tool_use"),
+            Just("_arguments"), Just("function_call_arguments"), Just("custom_tool_call_input"),
+            Just("input_json_delta"), Just("error"), Just("server"), Just("_"), Just("\""),
+            Just(":"), Just(" "), Just("null"), Just("[]"), Just("[ ]"), Just("\\"), Just("x"),
+        ], 0..24),
+        noise in prop::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let mut data = pieces.concat().into_bytes();
+        data.extend(noise);
+        prop_assert_eq!(
+            super::response::names_tools_or_errors(&data),
+            super::response::names_tools_or_errors_reference(&data),
+            "{}", String::from_utf8_lossy(&data)
+        );
+    }
+}
+
 // ------------------------------------------------------------- mock model
 
 fn mock_requests(protocol: Frontend) -> Vec<Value> {

@@ -5,7 +5,8 @@ use llm_proxy_core::Frontend;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::lenient::{Field, Num};
+use super::lenient::{Field, Num, parse};
+use super::scan::next_stop;
 use crate::record::BackendUsage;
 
 /// A `usage` field, boxed: [`UsageIn`] is big and the field is mostly absent or null.
@@ -199,10 +200,256 @@ impl AnthropicUsage {
     }
 }
 
+/// Reads the text of a `usage` value: a plain object of integer counts
+/// (what nearly every backend sends) by hand, anything else (floats,
+/// numeric strings, escaped or repeated keys, arrays) through serde.
+pub(crate) fn parse_usage_field(text: &[u8]) -> Option<UsageField> {
+    if let Some(usage) = PlainReader::new(text).usage() {
+        return Some(usage);
+    }
+    parse::<UsageField>(text, &mut String::new())
+}
+
+/// The hand reader of [`parse_usage_field`]: `None` means "not plain, ask
+/// serde", never an error. Its input was checked by the scan
+/// (`extract::scan`), so it is a well-formed JSON value.
+struct PlainReader<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> PlainReader<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        PlainReader { text, at: 0 }
+    }
+
+    /// The next non-whitespace byte (not consumed).
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.text.get(self.at) {
+            if !matches!(byte, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Consumes `byte` when it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        if next {
+            self.at += 1;
+        }
+        next
+    }
+
+    fn usage(mut self) -> Option<UsageField> {
+        // serde checks the keys' UTF-8; checking all the text at once is
+        // cheaper (and only stricter: serde then decides).
+        std::str::from_utf8(self.text).ok()?;
+        let usage = match self.peek()? {
+            b'n' => {
+                self.literal(b"null")?;
+                Field::Null
+            }
+            b'{' => {
+                let mut usage = Box::<UsageIn>::default();
+                self.object(|reader, key| {
+                    let slot = match key {
+                        b"prompt_tokens" => &mut usage.prompt_tokens,
+                        b"completion_tokens" => &mut usage.completion_tokens,
+                        b"total_tokens" => &mut usage.total_tokens,
+                        b"prompt_cache_hit_tokens" => &mut usage.prompt_cache_hit_tokens,
+                        b"input_tokens" => &mut usage.input_tokens,
+                        b"output_tokens" => &mut usage.output_tokens,
+                        b"cache_read_input_tokens" => &mut usage.cache_read_input_tokens,
+                        b"cache_creation_input_tokens" => &mut usage.cache_creation_input_tokens,
+                        b"cost" => &mut usage.cost,
+                        b"prompt_tokens_details" => {
+                            return reader.details(&mut usage.prompt_tokens_details);
+                        }
+                        b"completion_tokens_details" => {
+                            return reader.details(&mut usage.completion_tokens_details);
+                        }
+                        b"input_tokens_details" => {
+                            return reader.details(&mut usage.input_tokens_details);
+                        }
+                        b"output_tokens_details" => {
+                            return reader.details(&mut usage.output_tokens_details);
+                        }
+                        _ => return reader.skip(0),
+                    };
+                    reader.count(slot)
+                })?;
+                Field::Object(usage)
+            }
+            _ => return None,
+        };
+        (self.peek().is_none()).then_some(usage)
+    }
+
+    fn details(&mut self, slot: &mut Field<DetailsIn>) -> Option<()> {
+        if !matches!(slot, Field::Absent) {
+            return None;
+        }
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            *slot = Field::Null;
+            return Some(());
+        }
+        let mut details = DetailsIn::default();
+        self.object(|reader, key| {
+            let slot = match key {
+                b"cached_tokens" => &mut details.cached_tokens,
+                b"cache_write_tokens" => &mut details.cache_write_tokens,
+                b"cache_creation_tokens" => &mut details.cache_creation_tokens,
+                b"reasoning_tokens" => &mut details.reasoning_tokens,
+                _ => return reader.skip(0),
+            };
+            reader.count(slot)
+        })?;
+        *slot = Field::Object(details);
+        Some(())
+    }
+
+    /// An object, each member's value read by `member` (given the raw key).
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+        if !self.eat(b'{') {
+            return None;
+        }
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.plain_string()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            member(self, key)?;
+            if self.eat(b'}') {
+                return Some(());
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// A string without escapes; its raw content.
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let rest = self.text.get(self.at..)?;
+        let end = next_stop(rest, 0)?;
+        if rest.get(end) != Some(&b'"') {
+            return None;
+        }
+        self.at += end + 1;
+        rest.get(..end)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let rest = self.text.get(self.at..)?;
+        rest.starts_with(word).then(|| self.at += word.len())
+    }
+
+    /// A count: `null` or a non-negative integer that fits a `u64` for
+    /// sure (up to 19 digits), as serde reads them; the first value of its key.
+    fn count(&mut self, slot: &mut Num) -> Option<()> {
+        if !matches!(slot, Num::Absent) {
+            return None;
+        }
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            *slot = Num::Null;
+            return Some(());
+        }
+        let rest = self.text.get(self.at..)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 19 || matches!(rest.get(digits), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &digit in rest.get(..digits)? {
+            n = n * 10 + u64::from(digit - b'0');
+        }
+        self.at += digits;
+        *slot = Num::U64(n);
+        Some(())
+    }
+
+    /// Skips a value no field reads: a number, literal, plain string or a
+    /// shallow object of those (Anthropic's `cache_creation`).
+    fn skip(&mut self, depth: u8) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.plain_string().map(|_| ()),
+            b'{' if depth < 2 => self.object(|reader, _| reader.skip(depth + 1)),
+            b'n' => self.literal(b"null"),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'-' | b'0'..=b'9' => {
+                let rest = self.text.get(self.at..)?;
+                let n = rest
+                    .iter()
+                    .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .count();
+                self.at += n;
+                Some(())
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    /// The hand reader agrees with serde wherever it answers, and answers
+    /// for the usual shapes.
+    #[test]
+    fn plain_usage_reader_agrees_with_serde() {
+        let serde = |text: &str| {
+            format!(
+                "{:?}",
+                parse::<UsageField>(text.as_bytes(), &mut String::new())
+            )
+        };
+        let plain = |text: &str| PlainReader::new(text.as_bytes()).usage();
+        for text in [
+            r#"{"prompt_tokens":1117,"completion_tokens":146,"total_tokens":1263,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}}"#,
+            r#"{"input_tokens": 472, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2048, "output_tokens": 2, "service_tier": "standard", "cache_creation": {"ephemeral_5m_input_tokens": 0, "x": {"y": null}}}"#,
+            r#" { "input_tokens" : 5 , "output_tokens_details" : null , "cost" : null , "é" : true , "z" : -1.5e3 } "#,
+            r#"{}"#,
+            "null",
+            r#"{"total_tokens": 9999999999999999999}"#,
+        ] {
+            let fast = plain(text);
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(format!("{fast:?}"), serde(text), "{text}");
+        }
+        for text in [
+            r#"{"prompt_tokens": 1, "prompt_tokens": 2}"#,
+            r#"{"prompt_tokens": "12"}"#,
+            r#"{"prompt_tokens": 1.0}"#,
+            r#"{"prompt_tokens": 1e3}"#,
+            r#"{"prompt_tokens": -1}"#,
+            r#"{"prompt_tokens": 18446744073709551615}"#,
+            r#"{"prompt_tokens": true}"#,
+            r#"{"prompt_tokens_details": 3}"#,
+            r#"{"prompt_tokens_details": {"cached_tokens": 1, "cached_tokens": 2}}"#,
+            r#"{"prompt_tok\u0065ns": 1}"#,
+            r#"{"a": [1]}"#,
+            r#"{"a": "\n"}"#,
+            "[1]",
+            "12",
+        ] {
+            assert!(plain(text).is_none(), "{text}");
+        }
+        assert!(PlainReader::new(b"{\"\xff\": 1}").usage().is_none());
+    }
     use serde_json::json;
 
     #[test]
