@@ -246,6 +246,8 @@ const SPARE_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct SpareCpu {
     last: Option<Sample>,
+    /// When the CPU times were last read (or found unreadable).
+    read_at: Option<Instant>,
     spare: bool,
     /// The least spare share of CPU time for exact counting.
     min_share: f64,
@@ -253,7 +255,6 @@ pub(crate) struct SpareCpu {
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
-    at: Instant,
     times: CpuTimes,
     counter: Duration,
 }
@@ -310,6 +311,7 @@ impl SpareCpu {
     pub(crate) fn new(min_share: f64) -> SpareCpu {
         SpareCpu {
             last: None,
+            read_at: None,
             spare: true,
             min_share,
         }
@@ -321,19 +323,23 @@ impl SpareCpu {
             return true;
         }
         let due = self
-            .last
-            .is_none_or(|s| now.saturating_duration_since(s.at) >= SPARE_SAMPLE_PERIOD);
+            .read_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= SPARE_SAMPLE_PERIOD);
         if due {
-            self.sample(now, heartbeat.cpu_time().unwrap_or_default());
+            // Also when unreadable: no file is opened per record.
+            self.read_at = Some(now);
+            self.sample(heartbeat);
         }
         self.spare
     }
 
-    fn sample(&mut self, now: Instant, counter: Duration) {
+    fn sample(&mut self, heartbeat: &Heartbeat) {
         let Some(times) = CpuTimes::read() else {
             self.spare = true;
+            self.last = None;
             return;
         };
+        let counter = heartbeat.cpu_time().unwrap_or_default();
         if let Some(last) = self.last {
             let counter_ticks =
                 u64::try_from(counter.saturating_sub(last.counter).as_nanos() / NANOS_PER_TICK)
@@ -342,11 +348,7 @@ impl SpareCpu {
                 self.spare = share >= self.min_share;
             }
         }
-        self.last = Some(Sample {
-            at: now,
-            times,
-            counter,
-        });
+        self.last = Some(Sample { times, counter });
     }
 }
 
@@ -417,6 +419,27 @@ mod tests {
             }
             assert!(beat.cpu_time().unwrap() > before);
         }
+    }
+
+    #[test]
+    fn a_core_kept_busy_leaves_no_spare_cpu_at_a_share_of_one() {
+        let beat = Heartbeat::new();
+        assert!(SpareCpu::new(0.0).has_spare(Instant::now(), &beat));
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        // 1.0: spare only while every core is idle, never while this
+        // thread spins.
+        let mut spare = SpareCpu::new(1.0);
+        assert!(
+            spare.has_spare(Instant::now(), &beat),
+            "spare until measured"
+        );
+        let until = Instant::now() + SPARE_SAMPLE_PERIOD * 3;
+        while Instant::now() < until {
+            std::hint::black_box(0u64);
+        }
+        assert!(!spare.has_spare(Instant::now(), &beat));
     }
 
     #[test]
