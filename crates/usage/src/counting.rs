@@ -22,6 +22,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::builder::Draft;
+use crate::record::UsageRecord;
 
 /// Drafts waiting at most; past this the builder estimates at once.
 const MAX_JOBS: usize = 4_096;
@@ -37,6 +38,8 @@ struct Job {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
+    /// Records the counting thread finished, for the builder to collect.
+    counted: Vec<(UsageRecord, Instant)>,
     bytes: usize,
     /// The counting thread sleeps on `ready` (so a push wakes it only then).
     idle: bool,
@@ -205,6 +208,25 @@ impl CountQueue {
     }
 
     /// No more offers; the counting thread ends once the queue is empty.
+    /// Hands a counted record back (counting thread). Blocking is fine
+    /// here: the builder holds the lock only briefly, and never waits for it.
+    pub(crate) fn hand_back(&self, record: UsageRecord, ended: Instant) {
+        self.lock().counted.push((record, ended));
+    }
+
+    /// The records counted so far (builder). Empty when the counting thread
+    /// holds the lock: they are collected next time.
+    pub(crate) fn take_counted(&self) -> Vec<(UsageRecord, Instant)> {
+        self.try_lock()
+            .map(|mut state| std::mem::take(&mut state.counted))
+            .unwrap_or_default()
+    }
+
+    /// Every record counted (at shutdown, after the counting thread ended).
+    pub(crate) fn take_all_counted(&self) -> Vec<(UsageRecord, Instant)> {
+        std::mem::take(&mut self.lock().counted)
+    }
+
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
@@ -414,7 +436,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             let before = beat.cpu_time().unwrap();
             let spin = Instant::now();
-            while spin.elapsed() < Duration::from_millis(30) {
+            while spin.elapsed() < Duration::from_millis(100) {
                 std::hint::black_box(0u64);
             }
             assert!(beat.cpu_time().unwrap() > before);

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pending: Mutex<Vec<(UsageRecord, Instant)>>,
     /// Records of the batch being moved to the store (out of `pending`).
     moving_len: AtomicUsize,
+    /// A batch is in the store but its `flush` failed.
+    flush_owed: AtomicBool,
     /// Held for writing while a batch moves from `pending` to the store, so
     /// readers never see a record in both or in neither.
     moving: RwLock<()>,
@@ -88,6 +90,7 @@ impl UsageTracker {
             pending: Mutex::new(Vec::new()),
             moving: RwLock::new(()),
             moving_len: AtomicUsize::new(0),
+            flush_owed: AtomicBool::new(false),
             backlog: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             max_pending: config.max_records_in_memory.max(1),
@@ -99,15 +102,12 @@ impl UsageTracker {
         let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
             .unwrap_or(Duration::from_secs(1));
         let counting = Arc::new(CountQueue::new(interval));
-        // Counted records come back to the builder through a channel: the
-        // idle-priority counter shares no lock with normal-priority threads.
-        let (counted_tx, counted_rx) = mpsc::channel::<(UsageRecord, Instant)>();
         let counter = {
             let (queue, prices) = (counting.clone(), prices.clone());
             let tally = TokenTally::new(tokens.clone());
             std::thread::Builder::new()
                 .name("usage-counter".into())
-                .spawn(move || count_loop(&queue, tally, &prices, &counted_tx))
+                .spawn(move || count_loop(&queue, tally, &prices))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the token counting thread: {e}"))
                 })?
@@ -115,7 +115,7 @@ impl UsageTracker {
         let builder = {
             let (shared, queue) = (shared.clone(), counting.clone());
             let spare = SpareCpu::new(config.exact_counting_min_idle_cpu);
-            let stage = BuildStage::new(tokens, prices, queue, counted_rx, spare);
+            let stage = BuildStage::new(tokens, prices, queue, spare);
             std::thread::Builder::new()
                 .name("usage-builder".into())
                 .spawn(move || build_loop(rx, stage, &shared))
@@ -126,10 +126,12 @@ impl UsageTracker {
         let retention = config
             .retention_days
             .map(|d| Duration::from_secs(u64::from(d) * 86_400));
-        // A record waits at most `deadline` for counting, then at most one
-        // write period: durable at most one flush interval after its end.
+        // A record waits at most one linger for the builder, `deadline` for
+        // counting, then at most one write period: durable at most one flush
+        // interval after its end.
         let write_period = interval
             .saturating_sub(counting.deadline())
+            .saturating_sub(BUILDER_LINGER)
             .max(Duration::from_millis(10));
         let writer = {
             let shared = shared.clone();
@@ -179,8 +181,10 @@ impl UsageTracker {
         if let Some(c) = self.counter.take() {
             let _ = c.join();
         }
+        for (record, ended) in self.counting.take_all_counted() {
+            self.shared.push_pending(record, ended);
+        }
         if let Some(mut stage) = stage {
-            stage.collect_counted(&self.shared);
             // Left by a counting thread that died: estimated, not lost.
             while let Some(draft) = self.counting.pop() {
                 stage.estimate(draft, &self.shared);
@@ -209,8 +213,6 @@ struct BuildStage {
     paused_until: Option<Instant>,
     /// Whether the machine has CPU to spare for exact counting.
     spare_cpu: SpareCpu,
-    /// Records the counting thread finished.
-    counted: Receiver<(UsageRecord, Instant)>,
     /// The next pause: doubles (to [`MAX_COUNTING_PAUSE`]) while drafts keep
     /// going stale, back to [`MIN_COUNTING_PAUSE`] once a quiet minute passed.
     pause: Duration,
@@ -227,11 +229,9 @@ impl BuildStage {
         tokens: Arc<TokenCounter>,
         prices: Arc<PriceTable>,
         queue: Arc<CountQueue>,
-        counted: Receiver<(UsageRecord, Instant)>,
         spare_cpu: SpareCpu,
     ) -> BuildStage {
         BuildStage {
-            counted,
             drafts: RecordBuilder::new(),
             tokens,
             prices,
@@ -287,7 +287,7 @@ impl BuildStage {
 
     /// Moves the records the counting thread finished to `pending`.
     fn collect_counted(&mut self, shared: &Shared) {
-        while let Ok((record, ended)) = self.counted.try_recv() {
+        for (record, ended) in self.queue.take_counted() {
             shared.push_pending(record, ended);
         }
     }
@@ -295,6 +295,10 @@ impl BuildStage {
     fn take_back_stale(&mut self, shared: &Shared) {
         self.collect_counted(shared);
         let now = Instant::now();
+        // Keeps the spare-CPU reading current (at most every 250 ms) also
+        // while no draft is offered, so a burst after a quiet spell or a
+        // pause is judged on the last quarter second, not the whole spell.
+        self.spare_cpu.has_spare(now, self.queue.heartbeat());
         let mut stale = false;
         while let Some(draft) = self.queue.take_stale(now) {
             stale = true;
@@ -367,12 +371,7 @@ fn build_loop(
 }
 
 /// The counting thread: exact token counts for the drafts it gets to.
-fn count_loop(
-    queue: &CountQueue,
-    mut tally: TokenTally,
-    prices: &PriceTable,
-    counted: &mpsc::Sender<(UsageRecord, Instant)>,
-) {
+fn count_loop(queue: &CountQueue, mut tally: TokenTally, prices: &PriceTable) {
     lower_thread_priority();
     queue.heartbeat().adopt_thread();
     let mut metrics = RecordMetrics::default();
@@ -382,9 +381,7 @@ fn count_loop(
         let ended = draft.ended_at();
         let record = finish(*draft, counts, prices);
         metrics.emit(&record);
-        if counted.send((record, ended)).is_err() {
-            return;
-        }
+        queue.hand_back(record, ended);
     }
 }
 
@@ -488,18 +485,18 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
         std::mem::take(&mut *pending)
     };
     if batch.is_empty() {
+        drop(_moving);
+        // A batch inserted earlier whose `flush` failed: retried alone.
+        if shared.flush_owed.load(Ordering::SeqCst) {
+            return flush_store(shared);
+        }
         return Ok(());
     }
     let (records, ended): (Vec<UsageRecord>, Vec<Instant>) = batch.into_iter().unzip();
-    // `flush` makes the batch durable: a no-op-ish checkpoint for SQLite, the
-    // document rewrite for the JSON store.
-    let stored = shared
-        .store
-        .insert(&records)
-        .and_then(|()| shared.store.flush());
+    let inserted = shared.store.insert(&records);
     let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     shared.moving_len.store(0, Ordering::SeqCst);
-    if let Err(e) = stored {
+    if let Err(e) = inserted {
         // Back in front of the records built meanwhile, in order.
         let newer = std::mem::replace(&mut *pending, records.into_iter().zip(ended).collect());
         pending.extend(newer);
@@ -509,12 +506,32 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
     }
     shared.pending_gauge.set(pending.len() as f64);
     drop(pending);
+    drop(_moving);
     let now = Instant::now();
     let lag = metrics::histogram!(telemetry::FLUSH_LAG_SECONDS);
     for ended in &ended {
         lag.record(now.duration_since(*ended).as_secs_f64());
     }
-    Ok(())
+    // The batch is in the store now (queries find it there): a failed
+    // `flush` must not put it back in `pending`, or it would count twice.
+    flush_store(shared)
+}
+
+/// Makes what the store holds durable: a WAL checkpoint for SQLite, the
+/// document rewrite for the JSON store. On failure it is owed, and retried
+/// at the next write period even when no record is pending.
+fn flush_store(shared: &Shared) -> Result<(), UsageError> {
+    match shared.store.flush() {
+        Ok(()) => {
+            shared.flush_owed.store(false, Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => {
+            shared.flush_owed.store(true, Ordering::SeqCst);
+            metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
+            Err(e)
+        }
+    }
 }
 
 impl Shared {
@@ -537,7 +554,8 @@ impl Shared {
     fn report_gauges(&self) {
         self.queue_depth
             .set(self.backlog.load(Ordering::SeqCst) as f64);
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+            + self.moving_len.load(Ordering::SeqCst);
         self.pending_gauge.set(pending as f64);
     }
 
@@ -686,6 +704,7 @@ mod tests {
             pending: Mutex::new(Vec::new()),
             moving: RwLock::new(()),
             moving_len: AtomicUsize::new(0),
+            flush_owed: AtomicBool::new(false),
             backlog: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             max_pending: 1_000,
@@ -694,10 +713,18 @@ mod tests {
         })
     }
 
-    /// A memory store whose next `failures` inserts fail.
+    /// A memory store whose next `failures` inserts and next
+    /// `flush_failures` flushes fail.
     struct FlakyStore {
         inner: MemoryStore,
         failures: AtomicUsize,
+        flush_failures: AtomicUsize,
+        flushes: AtomicUsize,
+    }
+
+    fn take_one(n: &AtomicUsize) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok()
     }
 
     impl UsageStore for FlakyStore {
@@ -705,9 +732,7 @@ mod tests {
             "flaky".into()
         }
         fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
-            let left = self.failures.load(Ordering::SeqCst);
-            if left > 0 {
-                self.failures.store(left - 1, Ordering::SeqCst);
+            if take_one(&self.failures) {
                 return Err(UsageError::Database("down".into()));
             }
             self.inner.insert(records)
@@ -738,6 +763,10 @@ mod tests {
             self.inner.prune(before_us)
         }
         fn flush(&self) -> Result<(), UsageError> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            if take_one(&self.flush_failures) {
+                return Err(UsageError::Database("disk full".into()));
+            }
             self.inner.flush()
         }
         fn count(&self) -> Result<u64, UsageError> {
@@ -753,6 +782,8 @@ mod tests {
         let store = Arc::new(FlakyStore {
             inner: MemoryStore::new(),
             failures: AtomicUsize::new(1),
+            flush_failures: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
         });
         let shared = shared_over(store.clone());
         let queries = UsageQueries {
@@ -788,6 +819,41 @@ mod tests {
         );
     }
 
+    /// A batch the store took but could not make durable is not pending any
+    /// more (it would count twice); the flush is retried alone.
+    #[test]
+    fn a_failed_flush_after_an_insert_is_retried_without_the_batch() {
+        let store = Arc::new(FlakyStore {
+            inner: MemoryStore::new(),
+            failures: AtomicUsize::new(0),
+            flush_failures: AtomicUsize::new(1),
+            flushes: AtomicUsize::new(0),
+        });
+        let shared = shared_over(store.clone());
+        let queries = UsageQueries {
+            shared: shared.clone(),
+        };
+        let records =
+            crate::store::conformance::synthetic_records(4, 1_700_000_000_000_000, 1_000_000, 9);
+        for r in &records {
+            shared.push_pending(r.clone(), Instant::now());
+        }
+        assert!(flush_pending(&shared).is_err());
+        assert_eq!(shared.pending_len(), 0, "the batch is in the store");
+        assert_eq!(store.count().unwrap(), 4);
+        let all = UsageQuery::default();
+        assert_eq!(queries.stats(&all).unwrap().overall.request_count, 4);
+        assert!(shared.flush_owed.load(Ordering::SeqCst));
+        // Nothing pending: the owed flush alone.
+        flush_pending(&shared).unwrap();
+        assert_eq!(store.flushes.load(Ordering::SeqCst), 2);
+        assert!(!shared.flush_owed.load(Ordering::SeqCst));
+        // Nothing owed: no flush.
+        flush_pending(&shared).unwrap();
+        assert_eq!(store.flushes.load(Ordering::SeqCst), 2);
+        assert_eq!(store.count().unwrap(), 4);
+    }
+
     /// A builder thread whose counting thread never runs (as when the CPU is
     /// saturated and it gets none): every record still arrives, estimated,
     /// within the deadline.
@@ -796,12 +862,10 @@ mod tests {
         let shared = shared();
         let queue = Arc::new(CountQueue::new(Duration::from_millis(200)));
         let (tx, rx) = mpsc::sync_channel(100);
-        let (_counted_tx, counted_rx) = mpsc::channel();
         let stage = BuildStage::new(
             Arc::new(TokenCounter::shared()),
             Arc::new(PriceTable::bundled().unwrap()),
             queue.clone(),
-            counted_rx,
             SpareCpu::new(0.0),
         );
         let builder = {

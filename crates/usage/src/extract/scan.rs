@@ -10,7 +10,7 @@
 //! grammar between strings (commas, colons, brackets, literals, numbers)
 //! is checked as serde_json checks it. Anything unexpected (broken or
 //! truncated structure, trailing bytes, a second top-level `usage`, an
-//! escaped top-level key, nesting deeper than serde_json allows) answers
+//! escaped top-level key, nesting deeper than 127 levels) answers
 //! "read the whole body", never a guess.
 //!
 //! Not checked, unlike serde_json: raw control bytes inside strings (invalid
@@ -20,8 +20,8 @@ use memchr::memchr2;
 
 use super::response::has_a_value;
 
-/// Containers nested deeper than this make serde_json give up (its
-/// recursion limit is 128), so the scan gives up too.
+/// Containers nested deeper than this are left to the full reading (the
+/// depth is kept in one `u128` of bits).
 const MAX_DEPTH: usize = 127;
 
 /// Scans a JSON object body. `None`: the body needs the full reading (it is
