@@ -722,6 +722,17 @@ mod tests {
         flushes: AtomicUsize,
     }
 
+    impl FlakyStore {
+        fn failing(inserts: usize, flushes: usize) -> Arc<FlakyStore> {
+            Arc::new(FlakyStore {
+                inner: MemoryStore::new(),
+                failures: AtomicUsize::new(inserts),
+                flush_failures: AtomicUsize::new(flushes),
+                flushes: AtomicUsize::new(0),
+            })
+        }
+    }
+
     fn take_one(n: &AtomicUsize) -> bool {
         n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
             .is_ok()
@@ -779,12 +790,7 @@ mod tests {
     /// built meanwhile, and queries see every record throughout.
     #[test]
     fn a_batch_the_store_refuses_stays_pending_in_order() {
-        let store = Arc::new(FlakyStore {
-            inner: MemoryStore::new(),
-            failures: AtomicUsize::new(1),
-            flush_failures: AtomicUsize::new(0),
-            flushes: AtomicUsize::new(0),
-        });
+        let store = FlakyStore::failing(1, 0);
         let shared = shared_over(store.clone());
         let queries = UsageQueries {
             shared: shared.clone(),
@@ -823,12 +829,7 @@ mod tests {
     /// more (it would count twice); the flush is retried alone.
     #[test]
     fn a_failed_flush_after_an_insert_is_retried_without_the_batch() {
-        let store = Arc::new(FlakyStore {
-            inner: MemoryStore::new(),
-            failures: AtomicUsize::new(0),
-            flush_failures: AtomicUsize::new(1),
-            flushes: AtomicUsize::new(0),
-        });
+        let store = FlakyStore::failing(0, 1);
         let shared = shared_over(store.clone());
         let queries = UsageQueries {
             shared: shared.clone(),
