@@ -733,6 +733,23 @@ mod tests {
         }
     }
 
+    /// A tracker's shared state over a store failing as `FlakyStore::failing`
+    /// says, its queries, and `n` records to push.
+    fn over_flaky_store(
+        inserts: usize,
+        flushes: usize,
+        n: usize,
+    ) -> (Arc<FlakyStore>, Arc<Shared>, UsageQueries, Vec<UsageRecord>) {
+        let store = FlakyStore::failing(inserts, flushes);
+        let shared = shared_over(store.clone());
+        let queries = UsageQueries {
+            shared: shared.clone(),
+        };
+        let records =
+            crate::store::conformance::synthetic_records(n, 1_700_000_000_000_000, 1_000_000, 7);
+        (store, shared, queries, records)
+    }
+
     fn take_one(n: &AtomicUsize) -> bool {
         n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
             .is_ok()
@@ -790,13 +807,7 @@ mod tests {
     /// built meanwhile, and queries see every record throughout.
     #[test]
     fn a_batch_the_store_refuses_stays_pending_in_order() {
-        let store = FlakyStore::failing(1, 0);
-        let shared = shared_over(store.clone());
-        let queries = UsageQueries {
-            shared: shared.clone(),
-        };
-        let records =
-            crate::store::conformance::synthetic_records(5, 1_700_000_000_000_000, 1_000_000, 7);
+        let (store, shared, queries, records) = over_flaky_store(1, 0, 5);
         let ids =
             |v: &[(UsageRecord, Instant)]| v.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>();
         for r in &records[..3] {
@@ -829,13 +840,7 @@ mod tests {
     /// more (it would count twice); the flush is retried alone.
     #[test]
     fn a_failed_flush_after_an_insert_is_retried_without_the_batch() {
-        let store = FlakyStore::failing(0, 1);
-        let shared = shared_over(store.clone());
-        let queries = UsageQueries {
-            shared: shared.clone(),
-        };
-        let records =
-            crate::store::conformance::synthetic_records(4, 1_700_000_000_000_000, 1_000_000, 9);
+        let (store, shared, queries, records) = over_flaky_store(0, 1, 4);
         for r in &records {
             shared.push_pending(r.clone(), Instant::now());
         }

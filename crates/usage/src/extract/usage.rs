@@ -243,15 +243,22 @@ impl<'a> PlainReader<'a> {
         next
     }
 
+    /// Consumes a `null` when one is next: `Some(true)`; `Some(false)` when
+    /// another value is next; `None` at the end or on a broken literal.
+    fn null(&mut self) -> Option<bool> {
+        if self.peek()? != b'n' {
+            return Some(false);
+        }
+        self.literal(b"null")?;
+        Some(true)
+    }
+
     fn usage(mut self) -> Option<UsageField> {
         // serde checks the keys' UTF-8; checking all the text at once is
         // cheaper (and only stricter: serde then decides).
         std::str::from_utf8(self.text).ok()?;
         let usage = match self.peek()? {
-            b'n' => {
-                self.literal(b"null")?;
-                Field::Null
-            }
+            _ if self.null()? => Field::Null,
             b'{' => {
                 let mut usage = Box::<UsageIn>::default();
                 self.object(|reader, key| {
@@ -292,8 +299,7 @@ impl<'a> PlainReader<'a> {
         if !matches!(slot, Field::Absent) {
             return None;
         }
-        if self.peek()? == b'n' {
-            self.literal(b"null")?;
+        if self.null()? {
             *slot = Field::Null;
             return Some(());
         }
@@ -360,8 +366,7 @@ impl<'a> PlainReader<'a> {
         if !matches!(slot, Num::Absent) {
             return None;
         }
-        if self.peek()? == b'n' {
-            self.literal(b"null")?;
+        if self.null()? {
             *slot = Num::Null;
             return Some(());
         }
