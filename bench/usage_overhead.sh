@@ -81,6 +81,16 @@ settled_count() {
     printf '%s\n' "$cur"
 }
 
+# wait_indexed URL: waits (at most 120 s) until the store has indexed every
+# record it deferred while the machine was busy; prints the seconds waited.
+wait_indexed() {
+    local url=$1 start=$SECONDS
+    while (($(metric_sum "$url" llm_proxy_usage_deferred_records) > 0)) && ((SECONDS - start < 120)); do
+        sleep 0.2
+    done
+    printf '%s\n' $((SECONDS - start))
+}
+
 RUNS=$BENCH_WORK/runs.jsonl
 : >"$RUNS"
 
@@ -108,7 +118,12 @@ one_run() {
     local warm
     warm=$(load "$url" "$body" "$WARMUP" "$conns" "$rate")
     local before=null
-    if [[ $mode == on ]]; then before=$(settled_count "$PROXY_URL"); else sleep 1.5; fi
+    if [[ $mode == on ]]; then
+        before=$(settled_count "$PROXY_URL")
+        wait_indexed "$PROXY_URL" >/dev/null
+    else
+        sleep 1.5
+    fi
     local cpu0 threads0 cpu1 result
     cpu0=$(proxy_cpu_seconds "$PROXY_PID")
     threads0=$(thread_cpu_json "$PROXY_PID")
@@ -117,9 +132,13 @@ one_run() {
     cpu1=$(proxy_cpu_seconds "$PROXY_PID")
     local noisy
     noisy=$(noise_watch_stop)
-    local after=null dropped=null estimated=null store_errors=null
+    local after=null dropped=null estimated=null store_errors=null deferred=null catch_up_s=null
     if [[ $mode == on ]]; then
         after=$(settled_count "$PROXY_URL")
+        # Records the writer stored packed during the load, and how long
+        # indexing them took afterwards (its CPU is in the _incl_drain figure).
+        deferred=$(metric_sum "$PROXY_URL" llm_proxy_usage_deferred_records)
+        catch_up_s=$(wait_indexed "$PROXY_URL")
         dropped=$(metric_sum "$PROXY_URL" llm_proxy_usage_records_dropped_total)
         estimated=$(metric_sum "$PROXY_URL" llm_proxy_usage_estimated_records_total)
         store_errors=$(metric_sum "$PROXY_URL" llm_proxy_usage_store_errors_total)
@@ -136,7 +155,8 @@ one_run() {
         --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson cpu2 "$cpu2" \
         --argjson t0 "$threads0" --argjson t1 "$threads1" --argjson rss "$rss" \
         --argjson before "$before" --argjson after "$after" --argjson dropped "$dropped" \
-        --argjson estimated "$estimated" --argjson store_errors "$store_errors" --argjson noisy "$noisy" '
+        --argjson estimated "$estimated" --argjson store_errors "$store_errors" --argjson noisy "$noisy" \
+        --argjson deferred "$deferred" --argjson catch_up_s "$catch_up_s" '
         {variant:$variant, tracking:$mode, round:$round, load:$load,
          seconds_with_cargo_running:$noisy,
          warmup_requests:$warm.requests,
@@ -149,11 +169,13 @@ one_run() {
          records:(if $before == null then null else {
              before:$before, after:$after, stored:($after - $before),
              minus_wrk_responses:($after - $before - $load.requests),
-             dropped_total:$dropped, estimated_total:$estimated, store_errors_total:$store_errors} end)}' |
+             dropped_total:$dropped, estimated_total:$estimated, store_errors_total:$store_errors,
+             deferred_after_load:$deferred, seconds_to_index_them:$catch_up_s} end)}' |
         tee -a "$RUNS" | jq -c '{variant, tracking, round, rps:(.load.rps | round), p50:.load.latency_ms.p50,
             p99:.load.latency_ms.p99, cpu_us:(.proxy_cpu_us_per_request * 10 | round / 10),
             stored_minus_wrk:.records.minus_wrk_responses, dropped:.records.dropped_total,
-            estimated:.records.estimated_total, noisy:.seconds_with_cargo_running}' >&2
+            estimated:.records.estimated_total, deferred:.records.deferred_after_load,
+            index_s:.records.seconds_to_index_them, noisy:.seconds_with_cargo_running}' >&2
 }
 
 VARIANTS=("json $ROUNDS $BENCH_WORK/chat.json $CONNS 0")
@@ -196,7 +218,9 @@ SUMMARY=$(jq -s '
                  stored_minus_wrk_per_run: map(.minus_wrk_responses),
                  dropped_total: (map(.dropped_total) | add),
                  estimated_total: (map(.estimated_total) | add),
-                 store_errors_total: (map(.store_errors_total) | add)})})}) | from_entries' "$RUNS")
+                 store_errors_total: (map(.store_errors_total) | add),
+                 deferred_after_load_per_run: map(.deferred_after_load),
+                 seconds_to_index_them_per_run: map(.seconds_to_index_them)})})}) | from_entries' "$RUNS")
 
 META=$(bench_meta_json)
 PART=$(jq -n --argjson meta "$META" --argjson summary "$SUMMARY" --slurpfile runs "$RUNS" \

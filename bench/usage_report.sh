@@ -65,7 +65,7 @@ def inproc($size; $case): (.stats.sizes[]? | select(.records == $size) | .stats_
       "| \($v) | `\(.key)` | \(.value | f2) |")),
   "",
   "Records (tracking on): stored (request_count after the run minus before it) vs responses counted by wrk:\n",
-  (.overhead.summary | to_entries[] | "- \(.key): wrk \(.value.records.wrk_responses), stored \(.value.records.stored), per run stored − wrk = \(.value.records.stored_minus_wrk_per_run | map(tostring) | join(", ")); dropped \(.value.records.dropped_total), estimated (tokenizer behind) \(.value.records.estimated_total), store errors \(.value.records.store_errors_total)"),
+  (.overhead.summary | to_entries[] | "- \(.key): wrk \(.value.records.wrk_responses), stored \(.value.records.stored), per run stored − wrk = \(.value.records.stored_minus_wrk_per_run | map(tostring) | join(", ")); dropped \(.value.records.dropped_total), estimated (tokenizer behind) \(.value.records.estimated_total), store errors \(.value.records.store_errors_total); stored packed during the load (indexed afterwards) per run: \(.value.records.deferred_after_load_per_run // [] | map(tostring) | join(", ")), seconds to index them: \(.value.records.seconds_to_index_them_per_run // [] | map(tostring) | join(", "))"),
   ""
 else empty end),
 (if .stats then

@@ -55,6 +55,17 @@ async fn wait_for_records(proxy: &Proxy, n: u64) -> Value {
     );
 }
 
+/// A temp dir, its `usage.sqlite3` path (also as a string), a mock upstream.
+async fn store_dir_and_upstream() -> (tempfile::TempDir, std::path::PathBuf, String, MockUpstream) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.sqlite3");
+    let path_s = path.to_str().unwrap().to_owned();
+    let up = MockUpstream::start(MockUpstreamConfig::default())
+        .await
+        .unwrap();
+    (dir, path, path_s, up)
+}
+
 fn frontend_of(path: &str) -> Frontend {
     Frontend::from_path(path).unwrap()
 }
@@ -290,12 +301,7 @@ async fn a_client_that_leaves_mid_stream_leaves_an_incomplete_record() {
 
 #[tokio::test]
 async fn records_survive_a_restart_and_a_damaged_store_is_moved_aside() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("usage.sqlite3");
-    let path_s = path.to_str().unwrap().to_owned();
-    let up = MockUpstream::start(MockUpstreamConfig::default())
-        .await
-        .unwrap();
+    let (dir, _, path_s, up) = store_dir_and_upstream().await;
 
     let proxy = proxy_with_usage(&up, &path_s).await;
     for i in 0..5 {
@@ -348,5 +354,102 @@ async fn records_survive_a_restart_and_a_damaged_store_is_moved_aside() {
     .await;
     assert_eq!(r.status, 200);
     wait_for_records(&proxy, 1).await;
+    proxy.stop().await;
+}
+
+/// Records the SQLite store holds packed, waiting to be indexed.
+fn deferred_in(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(
+        "SELECT COALESCE(SUM(record_count), 0) FROM deferred",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_machine_defers_indexing_and_every_query_still_sees_every_record() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (_dir, path, path_s, up) = store_dir_and_upstream().await;
+    // A machine never this idle: the writer stores every batch packed. A
+    // spinning thread makes sure no sample is wholly idle.
+    let spinning = Arc::new(AtomicBool::new(true));
+    let spinner = {
+        let spinning = spinning.clone();
+        std::thread::spawn(move || {
+            while spinning.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let mut c = base_config();
+    add_backend(&mut c, "openai", BackendType::OpenAi, &up.base_url());
+    c.usage_tracking.persistence_path = path_s.clone();
+    c.usage_tracking.flush_interval_seconds = 0.2;
+    c.usage_tracking.exact_counting_min_idle_cpu = 1.0;
+    let proxy = Proxy::start(c).await;
+    // The writer's first CPU reading needs two samples (¼ s apart); until
+    // then it writes rows. A first request, then time for the samples.
+    let r = post(
+        &proxy.url("/v1/chat/completions"),
+        &chat("openai:gpt-4o-mini", "first", false),
+        &[("user-agent", "common-agent/1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    const N: i64 = 24;
+    for i in 0..N {
+        let r = post(
+            &proxy.url("/v1/chat/completions"),
+            &chat("openai:gpt-4o-mini", &format!("busy {i}"), i % 2 == 0),
+            &[(
+                "user-agent",
+                if i < 4 {
+                    "rare-agent/1"
+                } else {
+                    "common-agent/1"
+                },
+            )],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let mut deferred = 0;
+    for _ in 0..200 {
+        deferred = deferred_in(&path);
+        if deferred >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(deferred >= N, "every batch was stored packed: {deferred}");
+    // Stats see the packed records: from the rollups, and by scanning them
+    // for filters the rollups cannot answer.
+    assert_eq!(stats(&proxy, "").await["request_count"], N + 1);
+    assert_eq!(
+        stats(&proxy, "user_agent=rare-agent/1").await["request_count"],
+        4
+    );
+    assert_eq!(deferred_in(&path), deferred, "stats index nothing");
+    // Recent reads rows in time order: it indexes them first.
+    let v = recent(&proxy, "limit=1000").await;
+    assert_eq!(v["total"], N + 1);
+    assert_eq!(v["records"].as_array().unwrap().len(), N as usize + 1);
+    assert_eq!(deferred_in(&path), 0);
+    spinning.store(false, Ordering::Relaxed);
+    spinner.join().unwrap();
+    proxy.stop().await;
+
+    let proxy = proxy_with_usage(&up, &path_s).await;
+    assert_eq!(stats(&proxy, "").await["request_count"], N + 1);
     proxy.stop().await;
 }

@@ -47,6 +47,11 @@ pub struct UsageTrackingConfig {
     /// saturated proxy spends nothing on tokenizing. 0: count whenever the
     /// counting thread gets CPU.
     pub exact_counting_min_idle_cpu: f64,
+    /// While less than `exact_counting_min_idle_cpu` of the CPU is idle,
+    /// the SQLite store writes each batch as one packed row and indexes it
+    /// later, on idle CPU; past this many records waiting, batches are
+    /// indexed as they are written again. 0: never defer.
+    pub deferred_indexing_max_records: u64,
 }
 
 /// A database URL whose password never shows in `Debug` output.
@@ -75,6 +80,7 @@ impl Default for UsageTrackingConfig {
             spill_path: "./var/usage-spill.jsonl".into(),
             spill_max_bytes: 1 << 30,
             exact_counting_min_idle_cpu: 0.2,
+            deferred_indexing_max_records: 1_000_000,
         }
     }
 }

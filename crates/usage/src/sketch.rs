@@ -33,8 +33,14 @@ pub(crate) fn put_u128(buf: &mut Vec<u8>, mut v: u128) {
 }
 
 /// Appends a LEB128 unsigned varint.
-pub(crate) fn put_u64(buf: &mut Vec<u8>, v: u64) {
-    put_u128(buf, u128::from(v));
+pub(crate) fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
+    // The same bytes as `put_u128`, without 128-bit arithmetic (hot in
+    // `store::packed`).
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
 }
 
 /// Appends a zigzag-encoded signed varint.
@@ -44,7 +50,8 @@ pub(crate) fn put_i128(buf: &mut Vec<u8>, v: i128) {
 
 /// Appends a zigzag-encoded signed varint.
 pub(crate) fn put_i64(buf: &mut Vec<u8>, v: i64) {
-    put_i128(buf, i128::from(v));
+    // The same bytes as `put_i128`: an `i64`'s zigzag value fits 64 bits.
+    put_u64(buf, ((v << 1) ^ (v >> 63)) as u64);
 }
 
 /// Appends an `f64` as 8 little-endian bytes.
@@ -73,6 +80,11 @@ impl<'a> Reader<'a> {
 
     fn err(&self, what: &str) -> UsageError {
         UsageError::Encoding(format!("truncated or invalid {what} at byte {}", self.pos))
+    }
+
+    /// The offset of the next byte to read.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
     }
 
     /// True when everything was read.

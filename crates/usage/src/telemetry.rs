@@ -13,6 +13,8 @@ pub const COST_USD_TOTAL: &str = "llm_proxy_usage_cost_usd_total";
 pub const QUEUE_DEPTH: &str = "llm_proxy_usage_queue_depth";
 /// Records built but not yet in the store.
 pub const PENDING_RECORDS: &str = "llm_proxy_usage_pending_records";
+/// Records stored packed while the machine was busy, not yet indexed (SQLite).
+pub const DEFERRED_RECORDS: &str = "llm_proxy_usage_deferred_records";
 /// Exchange end → record durable in the store.
 pub const FLUSH_LAG_SECONDS: &str = "llm_proxy_usage_flush_lag_seconds";
 /// Failed store writes.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::builder::{Draft, RecordBuilder, TokenTally, estimate_counts, finish};
 use crate::collect::{FinishedExchange, UsageCollector};
 use crate::config::UsageTrackingConfig;
-use crate::counting::{CountQueue, SpareCpu, lower_thread_priority};
+use crate::counting::{CountQueue, Heartbeat, SpareCpu, lower_thread_priority};
 use crate::error::UsageError;
 use crate::pricing::PriceTable;
 use crate::query::{Stats, UsageQuery};
@@ -38,6 +38,14 @@ const ESTIMATE_BACKLOG: usize = 1_000;
 /// VM). Records reach `pending` at most this much later; drafts wait at
 /// least 10 ms for counting.
 const BUILDER_LINGER: Duration = Duration::from_millis(10);
+/// The writer indexes deferred records in slices of about this long (at
+/// least one batch), checking between them for a due write.
+const CATCH_UP_SLICE: Duration = Duration::from_millis(50);
+/// After a failed catch-up the writer waits this long before the next.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(5);
+/// A query reading rows in time order (`recent`, `export`) waits at most
+/// this long for the writer to index deferred records.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// State shared by the threads and the query side.
 pub(crate) struct Shared {
@@ -54,9 +62,16 @@ pub(crate) struct Shared {
     backlog: AtomicUsize,
     stopping: AtomicBool,
     max_pending: usize,
+    /// Past this many deferred records, batches are indexed as they are
+    /// written even on a busy machine (0: never defer).
+    defer_max: u64,
+    /// Queries waiting for the writer to index every deferred record (it
+    /// then catches up, and defers nothing new, also on a busy machine).
+    catch_up_wanted: AtomicUsize,
     /// Registered once: `metrics::gauge!` registers its key on every call.
     queue_depth: metrics::Gauge,
     pending_gauge: metrics::Gauge,
+    deferred_gauge: metrics::Gauge,
 }
 
 /// The running usage tracker.
@@ -85,18 +100,11 @@ impl UsageTracker {
         prices: Arc<PriceTable>,
     ) -> Result<UsageTracker, UsageError> {
         let (tx, rx) = mpsc::sync_channel::<FinishedExchange>(config.queue_capacity.max(1));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             store,
-            pending: Mutex::new(Vec::new()),
-            moving: RwLock::new(()),
-            moving_len: AtomicUsize::new(0),
-            flush_owed: AtomicBool::new(false),
-            backlog: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
-            max_pending: config.max_records_in_memory.max(1),
-            queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
-            pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
-        });
+            config.max_records_in_memory,
+            config.deferred_indexing_max_records,
+        ));
         let collector = Arc::new(UsageCollector::new(tx, shared.clone()));
         let tokens = Arc::new(TokenCounter::shared());
         let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
@@ -135,9 +143,10 @@ impl UsageTracker {
             .max(Duration::from_millis(10));
         let writer = {
             let shared = shared.clone();
+            let spare = SpareCpu::new(config.exact_counting_min_idle_cpu);
             std::thread::Builder::new()
                 .name("usage-writer".into())
-                .spawn(move || write_loop(&shared, write_period, retention))
+                .spawn(move || write_loop(&shared, write_period, retention, spare))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the usage writer thread: {e}"))
                 })?
@@ -193,7 +202,7 @@ impl UsageTracker {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        flush_pending(&self.shared)?;
+        flush_pending(&self.shared, false)?;
         self.shared.store.flush()?;
         self.shared.store.count()
     }
@@ -439,8 +448,19 @@ impl RecordMetrics {
     }
 }
 
-fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) {
+fn write_loop(
+    shared: &Shared,
+    interval: Duration,
+    retention: Option<Duration>,
+    mut spare_cpu: SpareCpu,
+) {
+    // The writer's own CPU time counts as busy (a heartbeat with no thread):
+    // counted as spare, catching up would keep itself going on a saturated
+    // machine, its own time being the spare it sees.
+    let no_counter = Heartbeat::new();
     let mut last_prune: Option<Instant> = None;
+    let mut catch_up_after = Instant::now();
+    shared.deferred_gauge.set(shared.store.deferred() as f64);
     loop {
         let deadline = Instant::now() + interval;
         while Instant::now() < deadline {
@@ -451,10 +471,34 @@ fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) 
             if shared.pending_len() * 2 >= shared.max_pending {
                 break;
             }
+            // Spare CPU indexes what was deferred while the machine was busy.
+            let now = Instant::now();
+            if shared.store.deferred() > 0
+                && now >= catch_up_after
+                && (shared.catch_up_wanted.load(Ordering::SeqCst) > 0
+                    || spare_cpu.has_spare(now, &no_counter))
+            {
+                if let Err(e) = catch_up(shared) {
+                    catch_up_after = now + CATCH_UP_RETRY;
+                    tracing::error!(
+                        error = %e, store = %shared.store.describe(),
+                        "indexing deferred usage records failed; will retry"
+                    );
+                }
+                continue;
+            }
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
-        if let Err(e) = flush_pending(shared) {
-            tracing::error!(error = %e, store = %shared.store.describe(), "usage flush failed; will retry");
+        // A busy machine writes the batch packed, indexed later.
+        let defer = shared.defer_max > 0
+            && shared.store.deferred() < shared.defer_max
+            && shared.catch_up_wanted.load(Ordering::SeqCst) == 0
+            && !spare_cpu.has_spare(Instant::now(), &no_counter);
+        if let Err(e) = flush_pending(shared, defer) {
+            tracing::error!(
+                error = %e, store = %shared.store.describe(),
+                "usage flush failed; will retry"
+            );
         }
         if let Some(keep) = retention
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
@@ -473,8 +517,19 @@ fn write_loop(shared: &Shared, interval: Duration, retention: Option<Duration>) 
     }
 }
 
-/// Moves every pending record into the store.
-fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
+/// Indexes deferred records for about [`CATCH_UP_SLICE`].
+fn catch_up(shared: &Shared) -> Result<(), UsageError> {
+    let left = shared.store.catch_up(CATCH_UP_SLICE);
+    shared.deferred_gauge.set(shared.store.deferred() as f64);
+    if left.is_err() {
+        metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
+    }
+    left.map(|_| ())
+}
+
+/// Moves every pending record into the store; `defer`: packed, indexed
+/// later ([`UsageStore::insert_deferred`]).
+fn flush_pending(shared: &Shared, defer: bool) -> Result<(), UsageError> {
     // Queries wait while a batch moves (they need `moving` to read), so the
     // batch can leave `pending` at once, without a copy: no query sees it
     // in neither place. The builder keeps adding to `pending` meanwhile.
@@ -482,7 +537,10 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
     let batch = {
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
         shared.moving_len.store(pending.len(), Ordering::SeqCst);
-        std::mem::take(&mut *pending)
+        // Room for a batch like this one: growing by doubling would copy
+        // every record built meanwhile once or twice more.
+        let room = pending.len();
+        std::mem::replace(&mut *pending, Vec::with_capacity(room))
     };
     if batch.is_empty() {
         drop(_moving);
@@ -493,7 +551,11 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
         return Ok(());
     }
     let (records, ended): (Vec<UsageRecord>, Vec<Instant>) = batch.into_iter().unzip();
-    let inserted = shared.store.insert(&records);
+    let inserted = if defer {
+        shared.store.insert_deferred(&records)
+    } else {
+        shared.store.insert(&records)
+    };
     let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     shared.moving_len.store(0, Ordering::SeqCst);
     if let Err(e) = inserted {
@@ -507,6 +569,7 @@ fn flush_pending(shared: &Shared) -> Result<(), UsageError> {
     shared.pending_gauge.set(pending.len() as f64);
     drop(pending);
     drop(_moving);
+    shared.deferred_gauge.set(shared.store.deferred() as f64);
     let now = Instant::now();
     let lag = metrics::histogram!(telemetry::FLUSH_LAG_SECONDS);
     for ended in &ended {
@@ -535,6 +598,24 @@ fn flush_store(shared: &Shared) -> Result<(), UsageError> {
 }
 
 impl Shared {
+    fn new(store: Arc<dyn UsageStore>, max_pending: usize, defer_max: u64) -> Shared {
+        Shared {
+            store,
+            pending: Mutex::new(Vec::new()),
+            moving: RwLock::new(()),
+            moving_len: AtomicUsize::new(0),
+            flush_owed: AtomicBool::new(false),
+            backlog: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            max_pending: max_pending.max(1),
+            defer_max,
+            catch_up_wanted: AtomicUsize::new(0),
+            queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
+            pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
+            deferred_gauge: metrics::gauge!(telemetry::DEFERRED_RECORDS),
+        }
+    }
+
     /// Adds a built record to the pending buffer (visible to queries at once).
     fn push_pending(&self, record: UsageRecord, ended: Instant) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -606,6 +687,7 @@ impl UsageQueries {
 
     /// `/v1/usage/recent`. Blocking: call from a blocking thread.
     pub fn recent(&self, query: &UsageQuery) -> Result<RecentPage, UsageError> {
+        self.wait_for_deferred();
         let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
         // Pending records are the newest: they come first.
         let mut fresh: Vec<UsageRecord> = self
@@ -646,6 +728,7 @@ impl UsageQueries {
         query: &UsageQuery,
         sink: &mut dyn FnMut(&UsageRecord) -> bool,
     ) -> Result<u64, UsageError> {
+        self.wait_for_deferred();
         let pending = {
             let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
             self.pending_matching(query)
@@ -671,6 +754,26 @@ impl UsageQueries {
             }
         }
         Ok(n)
+    }
+
+    /// Has the writer thread index the records the store deferred, and
+    /// waits for it (at most [`CATCH_UP_WAIT`]): reading rows in time order
+    /// would otherwise index them under this query's locks, holding up
+    /// the writer meanwhile (the store indexes what is left).
+    fn wait_for_deferred(&self) {
+        let shared = &self.shared;
+        if shared.store.deferred() == 0 {
+            return;
+        }
+        shared.catch_up_wanted.fetch_add(1, Ordering::SeqCst);
+        let until = Instant::now() + CATCH_UP_WAIT;
+        while shared.store.deferred() > 0
+            && Instant::now() < until
+            && !shared.stopping.load(Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shared.catch_up_wanted.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn pending_matching(&self, query: &UsageQuery) -> Vec<(UsageRecord, Instant)> {
@@ -699,18 +802,7 @@ mod tests {
     }
 
     fn shared_over(store: Arc<dyn UsageStore>) -> Arc<Shared> {
-        Arc::new(Shared {
-            store,
-            pending: Mutex::new(Vec::new()),
-            moving: RwLock::new(()),
-            moving_len: AtomicUsize::new(0),
-            flush_owed: AtomicBool::new(false),
-            backlog: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
-            max_pending: 1_000,
-            queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
-            pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
-        })
+        Arc::new(Shared::new(store, 1_000, 0))
     }
 
     /// A memory store whose next `failures` inserts and next
@@ -813,7 +905,7 @@ mod tests {
         for r in &records[..3] {
             shared.push_pending(r.clone(), Instant::now());
         }
-        assert!(flush_pending(&shared).is_err());
+        assert!(flush_pending(&shared, false).is_err());
         for r in &records[3..] {
             shared.push_pending(r.clone(), Instant::now());
         }
@@ -826,7 +918,7 @@ mod tests {
         assert_eq!(shared.moving_len.load(Ordering::SeqCst), 0);
         let all = UsageQuery::default();
         assert_eq!(queries.stats(&all).unwrap().overall.request_count, 5);
-        flush_pending(&shared).unwrap();
+        flush_pending(&shared, false).unwrap();
         assert_eq!(shared.pending_len(), 0);
         assert_eq!(store.count().unwrap(), 5);
         assert_eq!(
@@ -844,18 +936,18 @@ mod tests {
         for r in &records {
             shared.push_pending(r.clone(), Instant::now());
         }
-        assert!(flush_pending(&shared).is_err());
+        assert!(flush_pending(&shared, false).is_err());
         assert_eq!(shared.pending_len(), 0, "the batch is in the store");
         assert_eq!(store.count().unwrap(), 4);
         let all = UsageQuery::default();
         assert_eq!(queries.stats(&all).unwrap().overall.request_count, 4);
         assert!(shared.flush_owed.load(Ordering::SeqCst));
         // Nothing pending: the owed flush alone.
-        flush_pending(&shared).unwrap();
+        flush_pending(&shared, false).unwrap();
         assert_eq!(store.flushes.load(Ordering::SeqCst), 2);
         assert!(!shared.flush_owed.load(Ordering::SeqCst));
         // Nothing owed: no flush.
-        flush_pending(&shared).unwrap();
+        flush_pending(&shared, false).unwrap();
         assert_eq!(store.flushes.load(Ordering::SeqCst), 2);
         assert_eq!(store.count().unwrap(), 4);
     }

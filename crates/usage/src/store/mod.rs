@@ -17,6 +17,7 @@ use crate::record::UsageRecord;
 pub mod conformance;
 pub mod json;
 pub mod memory;
+pub(crate) mod packed;
 pub mod postgres;
 pub(crate) mod rollup;
 pub mod spill;
@@ -72,6 +73,26 @@ pub trait UsageStore: Send + Sync + 'static {
     /// (SQLite compares `id` with `timestamp_us`, which a request id never
     /// changes: see `SqliteStore`).
     fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError>;
+    /// Appends records as [`UsageStore::insert`] does, as durably, but may
+    /// postpone the work of indexing them until [`UsageStore::catch_up`]
+    /// (the writer calls this while the machine has no CPU to spare).
+    /// Every query answers the same either way, with one exception: a
+    /// record deferred while its `id` is already stored counts twice in
+    /// `count` and stats until it is caught up (the request path never
+    /// sends one record twice; a retried batch failed as a whole).
+    fn insert_deferred(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+        self.insert(records)
+    }
+    /// Indexes records postponed by [`UsageStore::insert_deferred`], for
+    /// about `budget` (at least one batch); returns how many still wait.
+    fn catch_up(&self, budget: std::time::Duration) -> Result<u64, UsageError> {
+        let _ = budget;
+        Ok(0)
+    }
+    /// Records stored by [`UsageStore::insert_deferred`] and not caught up.
+    fn deferred(&self) -> u64 {
+        0
+    }
     /// Matching records newest first, skipping `offset`, at most `limit`.
     fn recent(
         &self,

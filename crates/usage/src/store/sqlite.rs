@@ -29,6 +29,19 @@
 //!   http_status_code, proxy_user, streaming), each with a small id.
 //! - `rollup_hours`: `(hour_us, key_id) → Aggregate` blob, updated in the
 //!   same transaction as the inserts.
+//! - `deferred`: batches written by [`UsageStore::insert_deferred`] (the
+//!   writer, while the machine is busy) as one packed blob each
+//!   (`store::packed`) with their time range, their rollups written as for
+//!   rows; [`UsageStore::catch_up`] turns the oldest into rows, a batch per
+//!   transaction. Scans (below) also decode the batches overlapping their
+//!   range; `recent` and `export` index every batch first (a batch per hold
+//!   of the writer lock), then take their snapshot while holding it; `prune`
+//!   indexes the batches holding records older than its cutoff. A record
+//!   found already stored when its batch is indexed was counted twice in the
+//!   rollups: its hour is recomputed from rows and remaining batches.
+//! - `deferred_unreadable`: batches that did not decode, set aside (and
+//!   logged) rather than deleted; their records stay in the rollups until
+//!   the next open finds the counts disagree and rebuilds them.
 //!
 //! **Queries.** At open the hourly rollups are folded into per-day and
 //! all-time aggregates per key, kept in memory and updated on every
@@ -51,18 +64,22 @@
 //! with their `-wal` / `-shm`, and a new store starts; the
 //! [`OpenReport`] says so.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, params};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, Transaction, params,
+};
 
 use crate::aggregate::Aggregate;
 use crate::error::UsageError;
 use crate::query::{GroupKey, UsageFilter};
 use crate::record::UsageRecord;
+use crate::store::packed;
 use crate::store::rollup::{
     DAY_US, HOUR_US, HourGroups, RECORD_COLUMNS, RollupKey, SqlValue, decode_tool_names,
     filter_conditions, floor_to, hour_passes, parse_cost_source, parse_outcome, parse_token_source,
@@ -187,6 +204,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE records_v2 RENAME TO records;
     CREATE UNIQUE INDEX records_time ON records (timestamp_us, id);
     CREATE INDEX records_session ON records (session_key_us, session_id, timestamp_us);",
+    // 3: batches stored packed while the machine is busy, indexed into
+    // `records` later (see the module docs); batches that do not decode
+    // are set aside, not deleted.
+    "CREATE TABLE deferred (
+        batch INTEGER PRIMARY KEY,
+        first_us INTEGER NOT NULL,
+        last_us INTEGER NOT NULL,
+        record_count INTEGER NOT NULL,
+        records BLOB NOT NULL
+    );
+    CREATE TABLE deferred_unreadable (
+        batch INTEGER PRIMARY KEY,
+        first_us INTEGER NOT NULL,
+        last_us INTEGER NOT NULL,
+        record_count INTEGER NOT NULL,
+        records BLOB NOT NULL,
+        error TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
@@ -437,6 +472,8 @@ pub struct SqliteStore {
     /// Session id → `sessions.key_us`, for sessions recently written
     /// (locked after `writer`; cleared when full and on prune).
     session_keys: Mutex<HashMap<String, i64>>,
+    /// Records in `deferred` batches (changed only under `writer`).
+    deferred: AtomicU64,
 }
 
 /// Sessions whose keys the writer remembers (≈ 100 bytes each).
@@ -566,12 +603,20 @@ impl SqliteStore {
                 rebuild_rollups(&mut conn)?
             }
         };
+        let deferred: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(record_count), 0) FROM deferred",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
         Ok(SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
             rollups: RwLock::new(rollups),
             session_keys: Mutex::new(HashMap::new()),
+            deferred: AtomicU64::new(u64::try_from(deferred).unwrap_or(0)),
         })
     }
 
@@ -725,6 +770,7 @@ impl SqliteStore {
                     |r| r.get(0),
                 )
                 .map_err(db_err)?;
+            // `recent` (the caller) reads with no batch deferred.
             Ok(u64::try_from(n).unwrap_or(0))
         };
         if !rollups_can_answer(f, &[]) {
@@ -814,7 +860,44 @@ fn for_each_record(
         .map_err(db_err)?;
     while let Some(row) = rows.next().map_err(db_err)? {
         if !each(&read_record(row)?)? {
-            break;
+            return Ok(());
+        }
+    }
+    if order.is_empty() {
+        for_each_deferred(conn, f, range, each)?;
+    }
+    Ok(())
+}
+
+/// Feeds the records of `deferred` batches matching `f` (within `range`)
+/// to `each`, in batch order, until it returns false. A batch that does not
+/// decode is skipped here (its records are in the rollups; catching up sets
+/// it aside and logs it).
+fn for_each_deferred(
+    conn: &Connection,
+    f: &UsageFilter,
+    range: Option<(i64, i64)>,
+    each: &mut dyn FnMut(&UsageRecord) -> Result<bool, UsageError>,
+) -> Result<(), UsageError> {
+    let (lo, hi) = range.unwrap_or((i64::MIN, i64::MAX));
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT records FROM deferred WHERE last_us >= ?1 AND first_us <= ?2 ORDER BY batch",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query(params![lo, hi]).map_err(db_err)?;
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let blob = row.get_ref(0).map_err(db_err)?;
+        let bytes = blob
+            .as_blob()
+            .map_err(|e| UsageError::Encoding(e.to_string()))?;
+        let Ok(records) = packed::decode_batch(bytes) else {
+            continue;
+        };
+        for r in &records {
+            if (lo..=hi).contains(&r.timestamp_us) && f.matches(r) && !each(r)? {
+                return Ok(());
+            }
         }
     }
     Ok(())
@@ -868,7 +951,12 @@ fn load_rollups(conn: &Connection) -> Result<Rollups, UsageError> {
         rollups.apply_hour(hour, id, &Aggregate::from_bytes(bytes)?);
     }
     let stored: i64 = conn
-        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM records) \
+             + (SELECT COALESCE(SUM(record_count), 0) FROM deferred)",
+            [],
+            |r| r.get(0),
+        )
         .map_err(db_err)?;
     if u64::try_from(stored).ok() != Some(rollups.record_count) {
         return Err(UsageError::Encoding(format!(
@@ -973,6 +1061,291 @@ fn hour_from_rows(conn: &Connection, hour: i64, key: &RollupKey) -> Result<Aggre
     Ok(agg)
 }
 
+/// Inserts `records` as rows (`INSERT OR IGNORE`), telling `each` whether
+/// each one was new; returns the session keys learnt (to remember once the
+/// transaction commits).
+fn insert_rows<'r>(
+    tx: &Connection,
+    known: &HashMap<String, i64>,
+    records: &'r [UsageRecord],
+    each: &mut dyn FnMut(&'r UsageRecord, bool),
+) -> Result<HashMap<&'r str, i64>, UsageError> {
+    let mut learnt: HashMap<&str, i64> = HashMap::new();
+    let mut bufs = RowBuffers::default();
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}, session_key_us) VALUES ({})",
+            ["?"; 36].join(", ")
+        ))
+        .map_err(db_err)?;
+    for r in records {
+        let session = r.session_id.as_str();
+        let key = match known.get(session).or_else(|| learnt.get(session)) {
+            Some(k) => *k,
+            None => {
+                let k = session_key(tx, session, r.timestamp_us)?;
+                learnt.insert(session, k);
+                k
+            }
+        };
+        each(r, insert_record(&mut stmt, &mut bufs, r, key)? == 1);
+    }
+    Ok(learnt)
+}
+
+/// Remembers session keys committed to the database.
+fn remember_sessions(known: &mut HashMap<String, i64>, learnt: HashMap<&str, i64>) {
+    if known.len() + learnt.len() > SESSION_KEYS_CACHED {
+        known.clear();
+    }
+    known.extend(learnt.into_iter().map(|(s, k)| (s.to_owned(), k)));
+}
+
+/// Recomputes the in-memory aggregates of `day` from its hourly rollup rows
+/// (the caller then recomputes the totals).
+fn reload_day(conn: &Connection, rollups: &mut Rollups, day: i64) -> Result<(), UsageError> {
+    rollups.days.remove(&day);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT hour_us, key_id, aggregate FROM rollup_hours \
+             WHERE hour_us >= ?1 AND hour_us < ?2",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query(params![day, day + DAY_US]).map_err(db_err)?;
+    let mut per_key: HashMap<u32, Aggregate> = HashMap::new();
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let id: u32 = row.get(1).map_err(db_err)?;
+        let blob = row.get_ref(2).map_err(db_err)?;
+        let bytes = blob
+            .as_blob()
+            .map_err(|e| UsageError::Encoding(e.to_string()))?;
+        per_key
+            .entry(id)
+            .or_default()
+            .merge(&Aggregate::from_bytes(bytes)?);
+    }
+    if !per_key.is_empty() {
+        rollups.days.insert(day, per_key);
+    }
+    Ok(())
+}
+
+/// Rollup rows a write transaction changed, applied to memory once it commits.
+struct RollupDelta {
+    new_keys: Vec<RollupKey>,
+    touched: Vec<(i64, u32, Aggregate)>,
+}
+
+impl SqliteStore {
+    /// Writes the rollup rows of `fresh` (new keys get the next ids; each
+    /// touched hour is read, merged and written back).
+    fn rollup_delta(
+        &self,
+        tx: &Connection,
+        fresh: HourGroups<'_>,
+    ) -> Result<RollupDelta, UsageError> {
+        let mut new_keys: Vec<RollupKey> = Vec::new();
+        let fresh = fresh.into_groups();
+        let mut touched: Vec<(i64, u32, RollupKey, Aggregate)> = Vec::with_capacity(fresh.len());
+        {
+            let known = self.read_rollups();
+            let mut new_ids: HashMap<RollupKey, u32> = HashMap::new();
+            for ((hour, key), agg) in fresh {
+                let key = key.to_key();
+                let id = match known.key_ids.get(&key).or_else(|| new_ids.get(&key)) {
+                    Some(id) => *id,
+                    None => {
+                        let id = (known.keys.len() + new_keys.len()) as u32;
+                        insert_key(tx, id, &key)?;
+                        new_ids.insert(key.clone(), id);
+                        new_keys.push(key.clone());
+                        id
+                    }
+                };
+                touched.push((hour, id, key, agg));
+            }
+        }
+        let mut get = tx
+            .prepare_cached("SELECT aggregate FROM rollup_hours WHERE hour_us = ?1 AND key_id = ?2")
+            .map_err(db_err)?;
+        let mut put = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db_err)?;
+        for (hour, id, key, agg) in &touched {
+            let stored: Option<Vec<u8>> = get
+                .query_row(params![*hour, *id], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let merged = match stored.map(|b| Aggregate::from_bytes(&b)) {
+                None => agg.clone(),
+                Some(Ok(mut m)) => {
+                    m.merge(agg);
+                    m
+                }
+                // A damaged rollup row is recomputed from the raw rows
+                // (which include this batch).
+                Some(Err(_)) => hour_from_rows(tx, *hour, key)?,
+            };
+            put.execute(params![
+                *hour,
+                *id,
+                to_i64(merged.request_count),
+                merged.to_bytes()
+            ])
+            .map_err(db_err)?;
+        }
+        Ok(RollupDelta {
+            new_keys,
+            touched: touched
+                .into_iter()
+                .map(|(hour, id, _, agg)| (hour, id, agg))
+                .collect(),
+        })
+    }
+
+    /// Commits `tx` and applies `delta` to memory, holding the rollups so
+    /// readers never see the database and memory disagree.
+    fn commit(&self, tx: Transaction<'_>, delta: RollupDelta) -> Result<(), UsageError> {
+        let mut rollups = self.write_rollups();
+        tx.commit().map_err(db_err)?;
+        for key in delta.new_keys {
+            rollups.add_key(key);
+        }
+        for (hour, id, agg) in &delta.touched {
+            rollups.apply_hour(*hour, *id, agg);
+        }
+        Ok(())
+    }
+
+    fn forget_deferred(&self, n: u64) {
+        let _ = self
+            .deferred
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                Some(d.saturating_sub(n))
+            });
+    }
+
+    /// Indexes the oldest deferred batch (or batch `only`) into `records`,
+    /// in one transaction; false when there is none. A record already
+    /// stored (deferred twice) was counted twice in the rollups: its hour
+    /// is recomputed from the rows and the batches still deferred.
+    fn unpack(&self, conn: &mut Connection, only: Option<i64>) -> Result<bool, UsageError> {
+        let mut session_keys = lock(&self.session_keys);
+        let tx = conn.transaction().map_err(db_err)?;
+        let oldest: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT batch, records FROM deferred WHERE ?1 IS NULL OR batch = ?1 \
+                 ORDER BY batch LIMIT 1",
+                [only],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((batch, blob)) = oldest else {
+            if only.is_none() {
+                self.deferred.store(0, Ordering::SeqCst);
+            }
+            return Ok(false);
+        };
+        let records = match packed::decode_batch(&blob) {
+            Ok(records) => records,
+            Err(e) => {
+                let count: i64 = tx
+                    .query_row(
+                        "SELECT record_count FROM deferred WHERE batch = ?1",
+                        [batch],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                tracing::error!(
+                    store = %self.path.display(), batch, records = count, error = %e,
+                    "a deferred usage batch does not decode; set aside in table deferred_unreadable \
+                     (its records stay in the stats until the rollups are rebuilt)"
+                );
+                tx.execute(
+                    "INSERT OR REPLACE INTO deferred_unreadable \
+                     (batch, first_us, last_us, record_count, records, error) \
+                     SELECT batch, first_us, last_us, record_count, records, ?2 \
+                     FROM deferred WHERE batch = ?1",
+                    params![batch, e.to_string()],
+                )
+                .map_err(db_err)?;
+                tx.execute("DELETE FROM deferred WHERE batch = ?1", [batch])
+                    .map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                self.forget_deferred(u64::try_from(count).unwrap_or(0));
+                return Ok(true);
+            }
+        };
+        let mut twice: HashSet<(i64, RollupKey)> = HashSet::new();
+        let learnt = insert_rows(&tx, &session_keys, &records, &mut |r, inserted| {
+            if !inserted {
+                twice.insert((hour_floor(r.timestamp_us), RollupKey::of(r)));
+            }
+        })?;
+        tx.execute("DELETE FROM deferred WHERE batch = ?1", [batch])
+            .map_err(db_err)?;
+        let mut days = BTreeSet::new();
+        for (hour, key) in &twice {
+            let id = self
+                .read_rollups()
+                .key_ids
+                .get(key)
+                .copied()
+                .ok_or_else(|| {
+                    UsageError::Database("deferred record with an unknown rollup key".into())
+                })?;
+            let agg = hour_from_rows(&tx, *hour, key)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![*hour, id, to_i64(agg.request_count), agg.to_bytes()],
+            )
+            .map_err(db_err)?;
+            days.insert(floor_to(*hour, DAY_US));
+        }
+        let mut rollups = self.write_rollups();
+        tx.commit().map_err(db_err)?;
+        if !days.is_empty() {
+            for day in days {
+                reload_day(conn, &mut rollups, day)?;
+            }
+            rollups.recompute_totals();
+        }
+        drop(rollups);
+        remember_sessions(&mut session_keys, learnt);
+        self.forget_deferred(records.len() as u64);
+        Ok(true)
+    }
+
+    /// Runs `f` in a read transaction that sees no deferred batch: indexes
+    /// them first, a batch per hold of the writer (the writer thread keeps
+    /// writing in between), and takes the snapshot while holding it.
+    fn with_settled_reader<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, &Rollups) -> Result<T, UsageError>,
+    ) -> Result<T, UsageError> {
+        self.with_reader(|conn| {
+            loop {
+                let mut writer = lock(&self.writer);
+                if self.deferred.load(Ordering::SeqCst) > 0 && self.unpack(&mut writer, None)? {
+                    continue;
+                }
+                let rollups = self.read_rollups();
+                let tx = conn.transaction().map_err(db_err)?;
+                // The first read fixes the snapshot.
+                tx.query_row("SELECT COUNT(*) FROM deferred", [], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)?;
+                drop(writer);
+                return f(&tx, &rollups);
+            }
+        })
+    }
+}
+
 impl UsageStore for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
@@ -987,105 +1360,59 @@ impl UsageStore for SqliteStore {
         let tx = conn.transaction().map_err(db_err)?;
         // Insert, grouping the records actually inserted by (hour, key).
         let mut fresh = HourGroups::default();
-        // Session keys learnt in this transaction (remembered once committed).
-        let mut learnt: HashMap<&str, i64> = HashMap::new();
-        let mut bufs = RowBuffers::default();
-        {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO records ({RECORD_COLUMNS}, session_key_us) VALUES ({})",
-                    ["?"; 36].join(", ")
-                ))
-                .map_err(db_err)?;
-            for r in records {
-                let session = r.session_id.as_str();
-                let key = match session_keys.get(session).or_else(|| learnt.get(session)) {
-                    Some(k) => *k,
-                    None => {
-                        let k = session_key(&tx, session, r.timestamp_us)?;
-                        learnt.insert(session, k);
-                        k
-                    }
-                };
-                if insert_record(&mut stmt, &mut bufs, r, key)? == 1 {
-                    fresh.add(r);
-                }
+        let learnt = insert_rows(&tx, &session_keys, records, &mut |r, inserted| {
+            if inserted {
+                fresh.add(r);
             }
-        }
-        // Resolve key ids; new keys get the next ids.
-        let mut new_keys: Vec<RollupKey> = Vec::new();
-        let fresh = fresh.into_groups();
-        let mut touched: Vec<(i64, u32, RollupKey, Aggregate)> = Vec::with_capacity(fresh.len());
-        {
-            let known = self.read_rollups();
-            let mut new_ids: HashMap<RollupKey, u32> = HashMap::new();
-            for ((hour, key), agg) in fresh {
-                let key = key.to_key();
-                let id = match known.key_ids.get(&key).or_else(|| new_ids.get(&key)) {
-                    Some(id) => *id,
-                    None => {
-                        let id = (known.keys.len() + new_keys.len()) as u32;
-                        insert_key(&tx, id, &key)?;
-                        new_ids.insert(key.clone(), id);
-                        new_keys.push(key.clone());
-                        id
-                    }
-                };
-                touched.push((hour, id, key, agg));
-            }
-        }
-        // Read-modify-write each touched hour.
-        {
-            let mut get = tx
-                .prepare_cached(
-                    "SELECT aggregate FROM rollup_hours WHERE hour_us = ?1 AND key_id = ?2",
-                )
-                .map_err(db_err)?;
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO rollup_hours (hour_us, key_id, request_count, aggregate) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(db_err)?;
-            for (hour, id, key, agg) in &touched {
-                let stored: Option<Vec<u8>> = get
-                    .query_row(params![*hour, *id], |r| r.get(0))
-                    .optional()
-                    .map_err(db_err)?;
-                let merged = match stored.map(|b| Aggregate::from_bytes(&b)) {
-                    None => agg.clone(),
-                    Some(Ok(mut m)) => {
-                        m.merge(agg);
-                        m
-                    }
-                    // A damaged rollup row is recomputed from the raw rows
-                    // (which include this batch).
-                    Some(Err(_)) => hour_from_rows(&tx, *hour, key)?,
-                };
-                put.execute(params![
-                    *hour,
-                    *id,
-                    to_i64(merged.request_count),
-                    merged.to_bytes()
-                ])
-                .map_err(db_err)?;
-            }
-        }
-        // Commit while holding the rollups, so readers never see the
-        // database and memory disagree.
-        let mut rollups = self.write_rollups();
-        tx.commit().map_err(db_err)?;
-        if session_keys.len() + learnt.len() > SESSION_KEYS_CACHED {
-            session_keys.clear();
-        }
-        session_keys.extend(learnt.into_iter().map(|(s, k)| (s.to_owned(), k)));
-        for key in new_keys {
-            rollups.add_key(key);
-        }
-        for (hour, id, _, agg) in &touched {
-            rollups.apply_hour(*hour, *id, agg);
-        }
+        })?;
+        let delta = self.rollup_delta(&tx, fresh)?;
+        self.commit(tx, delta)?;
+        remember_sessions(&mut session_keys, learnt);
         Ok(())
+    }
+
+    fn insert_deferred(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction().map_err(db_err)?;
+        let mut fresh = HourGroups::default();
+        let mut blob = Vec::with_capacity(records.len() * 256);
+        packed::begin_batch(&mut blob);
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for r in records {
+            packed::push_record(&mut blob, r);
+            fresh.add(r);
+            first = first.min(r.timestamp_us);
+            last = last.max(r.timestamp_us);
+        }
+        tx.prepare_cached(
+            "INSERT INTO deferred (first_us, last_us, record_count, records) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| s.execute(params![first, last, records.len() as i64, blob]))
+        .map_err(db_err)?;
+        let delta = self.rollup_delta(&tx, fresh)?;
+        self.commit(tx, delta)?;
+        self.deferred
+            .fetch_add(records.len() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn catch_up(&self, budget: Duration) -> Result<u64, UsageError> {
+        let started = Instant::now();
+        let mut conn = lock(&self.writer);
+        while self.deferred.load(Ordering::SeqCst) > 0 {
+            if !self.unpack(&mut conn, None)? || started.elapsed() >= budget {
+                break;
+            }
+        }
+        Ok(self.deferred.load(Ordering::SeqCst))
+    }
+
+    fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::SeqCst)
     }
 
     fn recent(
@@ -1094,10 +1421,10 @@ impl UsageStore for SqliteStore {
         limit: usize,
         offset: usize,
     ) -> Result<RecentPage, UsageError> {
-        let rollups = self.read_rollups();
-        self.with_reader(|conn| {
-            let tx = conn.transaction().map_err(db_err)?;
-            let total = self.count_matching(&rollups, &tx, filter)?;
+        // Pages are read in time order from rows: deferred batches are
+        // indexed first.
+        self.with_settled_reader(|tx, rollups| {
+            let total = self.count_matching(rollups, tx, filter)?;
             let mut records = Vec::new();
             if limit > 0 && (offset as u64) < total {
                 let (w, mut vals) = where_clause(filter, None);
@@ -1145,11 +1472,11 @@ impl UsageStore for SqliteStore {
         filter: &UsageFilter,
         sink: &mut dyn FnMut(&UsageRecord) -> bool,
     ) -> Result<u64, UsageError> {
-        self.with_reader(|conn| {
-            // One read transaction: a consistent snapshot, streamed row by row.
-            let tx = conn.transaction().map_err(db_err)?;
+        // One read transaction: a consistent snapshot, streamed row by row
+        // in time order (deferred batches are indexed first).
+        self.with_settled_reader(|tx, _| {
             let mut fed = 0;
-            for_each_record(&tx, filter, None, "ORDER BY timestamp_us, id", &mut |r| {
+            for_each_record(tx, filter, None, "ORDER BY timestamp_us, id", &mut |r| {
                 fed += 1;
                 Ok(sink(r))
             })?;
@@ -1159,6 +1486,18 @@ impl UsageStore for SqliteStore {
 
     fn prune(&self, before_us: i64) -> Result<u64, UsageError> {
         let mut conn = lock(&self.writer);
+        // Deferred batches holding records to prune are indexed first
+        // (batches are recent: deferred while the machine was busy).
+        let old: Vec<i64> = conn
+            .prepare("SELECT batch FROM deferred WHERE first_us < ?1 ORDER BY batch")
+            .and_then(|mut s| {
+                s.query_map([before_us], |r| r.get(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(db_err)?;
+        for batch in old {
+            self.unpack(&mut conn, Some(batch))?;
+        }
         let tx = conn.transaction().map_err(db_err)?;
         let removed = tx
             .execute("DELETE FROM records WHERE timestamp_us < ?1", [before_us])
@@ -1226,27 +1565,7 @@ impl UsageStore for SqliteStore {
         let partial_day = floor_to(before_us, DAY_US);
         rollups.days = rollups.days.split_off(&partial_day);
         if partial_day < before_us {
-            rollups.days.remove(&partial_day);
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT hour_us, key_id, aggregate FROM rollup_hours \
-                     WHERE hour_us >= ?1 AND hour_us < ?2",
-                )
-                .map_err(db_err)?;
-            let mut rows = stmt
-                .query(params![partial_day, partial_day + DAY_US])
-                .map_err(db_err)?;
-            let mut day: HashMap<u32, Aggregate> = HashMap::new();
-            while let Some(row) = rows.next().map_err(db_err)? {
-                let id: u32 = row.get(1).map_err(db_err)?;
-                let blob: Vec<u8> = row.get(2).map_err(db_err)?;
-                day.entry(id)
-                    .or_default()
-                    .merge(&Aggregate::from_bytes(&blob)?);
-            }
-            if !day.is_empty() {
-                rollups.days.insert(partial_day, day);
-            }
+            reload_day(&conn, &mut rollups, partial_day)?;
         }
         rollups.recompute_totals();
         Ok(removed as u64)
@@ -1462,7 +1781,7 @@ mod tests {
         conn.execute_batch(&format!(
             "INSERT INTO records ({RECORD_COLUMNS}) SELECT {RECORD_COLUMNS} FROM records_new \
              ORDER BY random(); DROP TABLE records_new; DROP TABLE sessions; \
-             PRAGMA user_version = 1;"
+             DROP TABLE deferred; DROP TABLE deferred_unreadable; PRAGMA user_version = 1;"
         ))
         .unwrap();
     }
@@ -1625,5 +1944,157 @@ mod tests {
                 .unwrap(),
             want
         );
+    }
+
+    /// A store over `records`, every batch of `batch` records deferred.
+    fn deferred_store(
+        records: &[UsageRecord],
+        batch: usize,
+    ) -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let (dir, path, store) = temp_store();
+        for chunk in records.chunks(batch) {
+            store.insert_deferred(chunk).unwrap();
+        }
+        assert_eq!(store.deferred(), records.len() as u64);
+        (dir, path, store)
+    }
+
+    fn sorted(records: &[UsageRecord]) -> Vec<UsageRecord> {
+        let mut sorted = records.to_vec();
+        sorted.sort_by(|x, y| (x.timestamp_us, &x.id).cmp(&(y.timestamp_us, &y.id)));
+        sorted
+    }
+
+    #[test]
+    fn deferred_batches_answer_every_query_before_and_after_they_are_indexed() {
+        let records = synthetic_records(
+            1500,
+            1_767_571_200_000_000 + 17,
+            3 * DAY_US + 5 * HOUR_US,
+            11,
+        );
+        // Out of order across batches.
+        let mut shuffled = records.clone();
+        shuffled.rotate_left(600);
+        let (_dir, _path, store) = deferred_store(&shuffled, 256);
+        let want = sorted(&records);
+        // Stats merge the packed batches (rollups, and raw rows at the edges).
+        conformance::check_aggregates(&store, &want).unwrap();
+        assert_eq!(store.deferred(), 1500, "stats index nothing");
+        // A slice indexes at least one batch.
+        let left = store.catch_up(Duration::ZERO).unwrap();
+        assert_eq!(left, 1500 - 256);
+        conformance::check_aggregates(&store, &want).unwrap();
+        // Recent and export read rows in time order: they index the rest.
+        conformance::check_queries(&store, &want).unwrap();
+        assert_eq!(store.deferred(), 0);
+        assert_eq!(store.catch_up(Duration::from_secs(1)).unwrap(), 0);
+        store
+            .with_reader(|conn| {
+                let rows: i64 = conn
+                    .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                assert_eq!(rows, 1500);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_record_deferred_twice_counts_once_when_indexed() {
+        let records = synthetic_records(900, 1_767_571_200_000_000, 2 * DAY_US, 12);
+        let (_dir, _path, store) = temp_store();
+        store.insert(&records[..300]).unwrap();
+        // Again: one stored as a row already, one twice in the same batch.
+        let mut batch = records[300..].to_vec();
+        batch.push(records[5].clone());
+        batch.push(records[400].clone());
+        store.insert_deferred(&batch).unwrap();
+        assert_eq!(store.count().unwrap(), 902, "counted twice until indexed");
+        assert_eq!(store.catch_up(Duration::from_secs(10)).unwrap(), 0);
+        conformance::check_aggregates(&store, &sorted(&records)).unwrap();
+        conformance::check_queries(&store, &sorted(&records)).unwrap();
+    }
+
+    #[test]
+    fn deferred_batches_survive_a_reopen_and_a_prune() {
+        let records = synthetic_records(1200, 1_767_571_200_000_000 + 3, 4 * DAY_US, 13);
+        let (_dir, path, store) = deferred_store(&records[..800], 100);
+        store.insert(&records[800..]).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert_eq!(report.records, 1200);
+        assert!(report.rollups_rebuilt.is_none(), "{report:?}");
+        assert_eq!(store.deferred(), 800);
+        let want = sorted(&records);
+        conformance::check_aggregates(&store, &want).unwrap();
+        // Prune in the middle of an hour: batches with older records are
+        // indexed first, the others stay deferred.
+        let cut = want[500].timestamp_us + 1;
+        let removed = want.iter().filter(|r| r.timestamp_us < cut).count() as u64;
+        assert_eq!(store.prune(cut).unwrap(), removed);
+        let remaining: Vec<UsageRecord> =
+            want.into_iter().filter(|r| r.timestamp_us >= cut).collect();
+        assert!(
+            store.deferred() > 0 && store.deferred() < 800,
+            "{}",
+            store.deferred()
+        );
+        conformance::check_aggregates(&store, &remaining).unwrap();
+        conformance::check_queries(&store, &remaining).unwrap();
+    }
+
+    #[test]
+    fn a_deferred_batch_that_does_not_decode_is_set_aside() {
+        let records = synthetic_records(300, 1_767_571_200_000_000, DAY_US, 14);
+        let (_dir, path, store) = deferred_store(&records, 100);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute("UPDATE deferred SET records = x'ff00ff' WHERE batch = (SELECT MIN(batch) FROM deferred)", [])
+                .unwrap();
+        }
+        // Stats skip it (its records stay in the rollups) until it is indexed.
+        assert_eq!(store.count().unwrap(), 300);
+        store
+            .aggregate(
+                &UsageFilter {
+                    user_agent: Some("x".into()),
+                    ..UsageFilter::default()
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(store.catch_up(Duration::from_secs(10)).unwrap(), 0);
+        let page = store
+            .recent(
+                &UsageFilter {
+                    user_agent: Some("nobody".into()),
+                    ..UsageFilter::default()
+                },
+                10,
+                0,
+            )
+            .unwrap();
+        assert_eq!(page.total, 0);
+        let conn = Connection::open(&path).unwrap();
+        let (count, error): (i64, String) = conn
+            .query_row(
+                "SELECT record_count, error FROM deferred_unreadable",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(count, 100);
+        assert!(!error.is_empty());
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 200);
+        drop(store);
+        // At the next open the rollups no longer match the rows: rebuilt.
+        let (_store, report) = SqliteStore::open(&path).unwrap();
+        assert!(report.rollups_rebuilt.is_some());
+        assert_eq!(report.records, 200);
     }
 }
