@@ -41,6 +41,10 @@ const BUILDER_LINGER: Duration = Duration::from_millis(10);
 /// The writer indexes deferred records in slices of about this long (at
 /// least one batch), checking between them for a due write.
 const CATCH_UP_SLICE: Duration = Duration::from_millis(50);
+/// After catching up the writer defers nothing for this long: its own CPU
+/// time counts as busy, and the next reading would otherwise send it back
+/// to deferring what it just had the CPU to index (two ¼ s samples).
+const DEFER_AFTER_CATCH_UP: Duration = Duration::from_millis(500);
 /// After a failed catch-up the writer waits this long before the next.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(5);
 /// A query reading rows in time order (`recent`, `export`) waits at most
@@ -460,6 +464,7 @@ fn write_loop(
     let no_counter = Heartbeat::new();
     let mut last_prune: Option<Instant> = None;
     let mut catch_up_after = Instant::now();
+    let mut caught_up_at: Option<Instant> = None;
     shared.deferred_gauge.set(shared.store.deferred() as f64);
     loop {
         let deadline = Instant::now() + interval;
@@ -478,6 +483,7 @@ fn write_loop(
                 && (shared.catch_up_wanted.load(Ordering::SeqCst) > 0
                     || spare_cpu.has_spare(now, &no_counter))
             {
+                caught_up_at = Some(now);
                 if let Err(e) = catch_up(shared) {
                     catch_up_after = now + CATCH_UP_RETRY;
                     tracing::error!(
@@ -493,6 +499,7 @@ fn write_loop(
         let defer = shared.defer_max > 0
             && shared.store.deferred() < shared.defer_max
             && shared.catch_up_wanted.load(Ordering::SeqCst) == 0
+            && caught_up_at.is_none_or(|t| t.elapsed() >= DEFER_AFTER_CATCH_UP)
             && !spare_cpu.has_spare(Instant::now(), &no_counter);
         if let Err(e) = flush_pending(shared, defer) {
             tracing::error!(
@@ -514,6 +521,24 @@ fn write_loop(
                 Err(e) => tracing::warn!(error = %e, "usage pruning failed"),
             }
         }
+    }
+}
+
+/// A query waiting for the writer to index every deferred record (see
+/// `UsageQueries::wait_for_deferred`), counted in `catch_up_wanted` while
+/// it lives.
+struct CatchUpWanted<'a>(&'a Shared);
+
+impl<'a> CatchUpWanted<'a> {
+    fn new(shared: &'a Shared) -> CatchUpWanted<'a> {
+        shared.catch_up_wanted.fetch_add(1, Ordering::SeqCst);
+        CatchUpWanted(shared)
+    }
+}
+
+impl Drop for CatchUpWanted<'_> {
+    fn drop(&mut self) {
+        self.0.catch_up_wanted.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -687,7 +712,7 @@ impl UsageQueries {
 
     /// `/v1/usage/recent`. Blocking: call from a blocking thread.
     pub fn recent(&self, query: &UsageQuery) -> Result<RecentPage, UsageError> {
-        self.wait_for_deferred();
+        let _indexed = self.wait_for_deferred()?;
         let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
         // Pending records are the newest: they come first.
         let mut fresh: Vec<UsageRecord> = self
@@ -720,7 +745,8 @@ impl UsageQueries {
     /// Feeds every matching record, oldest first, to `sink` (stored ones,
     /// then pending ones). Blocking: call from a blocking thread.
     ///
-    /// An export can run for minutes, so it holds no lock: it snapshots the
+    /// An export can run for minutes, so it holds no lock (it keeps the
+    /// writer from deferring batches meanwhile): it snapshots the
     /// pending records first and skips their ids in the store, so a record
     /// flushed meanwhile is exported exactly once.
     pub fn export(
@@ -728,7 +754,8 @@ impl UsageQueries {
         query: &UsageQuery,
         sink: &mut dyn FnMut(&UsageRecord) -> bool,
     ) -> Result<u64, UsageError> {
-        self.wait_for_deferred();
+        // Held to the end: the writer defers nothing while the export runs.
+        let _indexed = self.wait_for_deferred()?;
         let pending = {
             let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
             self.pending_matching(query)
@@ -758,22 +785,25 @@ impl UsageQueries {
 
     /// Has the writer thread index the records the store deferred, and
     /// waits for it (at most [`CATCH_UP_WAIT`]): reading rows in time order
-    /// would otherwise index them under this query's locks, holding up
-    /// the writer meanwhile (the store indexes what is left).
-    fn wait_for_deferred(&self) {
+    /// would otherwise index them on this thread, under the query's locks,
+    /// holding up the writer. The returned guard keeps the writer from
+    /// deferring new batches until the query has its snapshot. Still
+    /// indexing after the wait (or shutting down): an error, not a stall.
+    fn wait_for_deferred(&self) -> Result<CatchUpWanted<'_>, UsageError> {
         let shared = &self.shared;
-        if shared.store.deferred() == 0 {
-            return;
-        }
-        shared.catch_up_wanted.fetch_add(1, Ordering::SeqCst);
+        let wanted = CatchUpWanted::new(shared);
         let until = Instant::now() + CATCH_UP_WAIT;
-        while shared.store.deferred() > 0
-            && Instant::now() < until
-            && !shared.stopping.load(Ordering::SeqCst)
-        {
+        while shared.store.deferred() > 0 {
+            if Instant::now() >= until || shared.stopping.load(Ordering::SeqCst) {
+                return Err(UsageError::Database(format!(
+                    "{} usage records written while the machine was busy are still being \
+                     indexed; try again shortly",
+                    shared.store.deferred()
+                )));
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
-        shared.catch_up_wanted.fetch_sub(1, Ordering::SeqCst);
+        Ok(wanted)
     }
 
     fn pending_matching(&self, query: &UsageQuery) -> Vec<(UsageRecord, Instant)> {

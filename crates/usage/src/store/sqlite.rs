@@ -40,8 +40,10 @@
 //!   found already stored when its batch is indexed was counted twice in the
 //!   rollups: its hour is recomputed from rows and remaining batches.
 //! - `deferred_unreadable`: batches that did not decode, set aside (and
-//!   logged) rather than deleted; their records stay in the rollups until
-//!   the next open finds the counts disagree and rebuilds them.
+//!   logged) rather than deleted (batch ids are never reused); their
+//!   records stay in the rollups until the rollups are next rebuilt (the
+//!   next open finds the counts disagree), and scans skip them meanwhile.
+//!   Retention does not prune this table: it is for an operator.
 //!
 //! **Queries.** At open the hourly rollups are folded into per-day and
 //! all-time aggregates per key, kept in memory and updated on every
@@ -208,7 +210,7 @@ const MIGRATIONS: &[&str] = &[
     // `records` later (see the module docs); batches that do not decode
     // are set aside, not deleted.
     "CREATE TABLE deferred (
-        batch INTEGER PRIMARY KEY,
+        batch INTEGER PRIMARY KEY AUTOINCREMENT,
         first_us INTEGER NOT NULL,
         last_us INTEGER NOT NULL,
         record_count INTEGER NOT NULL,
@@ -600,7 +602,7 @@ impl SqliteStore {
             Ok(r) => r,
             Err(e) => {
                 report.rollups_rebuilt = Some(e.to_string());
-                rebuild_rollups(&mut conn)?
+                rebuild_rollups(&mut conn, path)?
             }
         };
         let deferred: i64 = conn
@@ -967,9 +969,61 @@ fn load_rollups(conn: &Connection) -> Result<Rollups, UsageError> {
     Ok(rollups)
 }
 
-/// Recomputes every rollup from the raw records.
-fn rebuild_rollups(conn: &mut Connection) -> Result<Rollups, UsageError> {
+/// Moves deferred batch `batch`, which does not decode (`error`), to
+/// `deferred_unreadable` (logged at ERROR); returns its record count.
+fn set_aside(
+    tx: &Connection,
+    path: &Path,
+    batch: i64,
+    error: &UsageError,
+) -> Result<u64, UsageError> {
+    let count: i64 = tx
+        .query_row(
+            "SELECT record_count FROM deferred WHERE batch = ?1",
+            [batch],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    tracing::error!(
+        store = %path.display(), batch, records = count, error = %error,
+        "a deferred usage batch does not decode; set aside in table deferred_unreadable \
+         (its records stay in the stats until the rollups are next rebuilt)"
+    );
+    tx.execute(
+        "INSERT INTO deferred_unreadable (batch, first_us, last_us, record_count, records, error) \
+         SELECT batch, first_us, last_us, record_count, records, ?2 FROM deferred WHERE batch = ?1",
+        params![batch, error.to_string()],
+    )
+    .map_err(db_err)?;
+    tx.execute("DELETE FROM deferred WHERE batch = ?1", [batch])
+        .map_err(db_err)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Recomputes every rollup from the raw records and the deferred batches
+/// (those that do not decode are set aside first: the rollups then agree
+/// with what the store can read).
+fn rebuild_rollups(conn: &mut Connection, path: &Path) -> Result<Rollups, UsageError> {
     let tx = conn.transaction().map_err(db_err)?;
+    let mut undecodable = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT batch, records FROM deferred ORDER BY batch")
+            .map_err(db_err)?;
+        let mut rows = stmt.query([]).map_err(db_err)?;
+        while let Some(row) = rows.next().map_err(db_err)? {
+            let blob = row.get_ref(1).map_err(db_err)?;
+            let bytes = blob
+                .as_blob()
+                .map_err(|e| UsageError::Encoding(e.to_string()))?;
+            if let Err(e) = packed::decode_batch(bytes) {
+                undecodable.push((row.get::<_, i64>(0).map_err(db_err)?, e));
+            }
+        }
+    }
+    for (batch, e) in &undecodable {
+        set_aside(&tx, path, *batch, e)?;
+    }
     tx.execute_batch("DELETE FROM rollup_hours; DELETE FROM rollup_keys;")
         .map_err(db_err)?;
     let mut rollups = Rollups::default();
@@ -1101,10 +1155,8 @@ fn remember_sessions(known: &mut HashMap<String, i64>, learnt: HashMap<&str, i64
     known.extend(learnt.into_iter().map(|(s, k)| (s.to_owned(), k)));
 }
 
-/// Recomputes the in-memory aggregates of `day` from its hourly rollup rows
-/// (the caller then recomputes the totals).
-fn reload_day(conn: &Connection, rollups: &mut Rollups, day: i64) -> Result<(), UsageError> {
-    rollups.days.remove(&day);
+/// The aggregates per key of `day`, from its hourly rollup rows.
+fn read_day(conn: &Connection, day: i64) -> Result<HashMap<u32, Aggregate>, UsageError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT hour_us, key_id, aggregate FROM rollup_hours \
@@ -1124,10 +1176,19 @@ fn reload_day(conn: &Connection, rollups: &mut Rollups, day: i64) -> Result<(), 
             .or_default()
             .merge(&Aggregate::from_bytes(bytes)?);
     }
-    if !per_key.is_empty() {
-        rollups.days.insert(day, per_key);
+    Ok(per_key)
+}
+
+impl Rollups {
+    /// Replaces the in-memory aggregates of `day` (read by [`read_day`]);
+    /// the caller then recomputes the totals.
+    fn replace_day(&mut self, day: i64, per_key: HashMap<u32, Aggregate>) {
+        if per_key.is_empty() {
+            self.days.remove(&day);
+        } else {
+            self.days.insert(day, per_key);
+        }
     }
-    Ok(())
 }
 
 /// Rollup rows a write transaction changed, applied to memory once it commits.
@@ -1253,30 +1314,9 @@ impl SqliteStore {
         let records = match packed::decode_batch(&blob) {
             Ok(records) => records,
             Err(e) => {
-                let count: i64 = tx
-                    .query_row(
-                        "SELECT record_count FROM deferred WHERE batch = ?1",
-                        [batch],
-                        |r| r.get(0),
-                    )
-                    .map_err(db_err)?;
-                tracing::error!(
-                    store = %self.path.display(), batch, records = count, error = %e,
-                    "a deferred usage batch does not decode; set aside in table deferred_unreadable \
-                     (its records stay in the stats until the rollups are rebuilt)"
-                );
-                tx.execute(
-                    "INSERT OR REPLACE INTO deferred_unreadable \
-                     (batch, first_us, last_us, record_count, records, error) \
-                     SELECT batch, first_us, last_us, record_count, records, ?2 \
-                     FROM deferred WHERE batch = ?1",
-                    params![batch, e.to_string()],
-                )
-                .map_err(db_err)?;
-                tx.execute("DELETE FROM deferred WHERE batch = ?1", [batch])
-                    .map_err(db_err)?;
+                let count = set_aside(&tx, &self.path, batch, &e)?;
                 tx.commit().map_err(db_err)?;
-                self.forget_deferred(u64::try_from(count).unwrap_or(0));
+                self.forget_deferred(count);
                 return Ok(true);
             }
         };
@@ -1289,6 +1329,7 @@ impl SqliteStore {
         tx.execute("DELETE FROM deferred WHERE batch = ?1", [batch])
             .map_err(db_err)?;
         let mut days = BTreeSet::new();
+        // Read before the commit: nothing after it may fail.
         for (hour, key) in &twice {
             let id = self
                 .read_rollups()
@@ -1307,26 +1348,35 @@ impl SqliteStore {
             .map_err(db_err)?;
             days.insert(floor_to(*hour, DAY_US));
         }
+        let reread: Vec<(i64, HashMap<u32, Aggregate>)> = days
+            .into_iter()
+            .map(|day| read_day(&tx, day).map(|per_key| (day, per_key)))
+            .collect::<Result<_, _>>()?;
         let mut rollups = self.write_rollups();
         tx.commit().map_err(db_err)?;
-        if !days.is_empty() {
-            for day in days {
-                reload_day(conn, &mut rollups, day)?;
+        self.forget_deferred(records.len() as u64);
+        if !reread.is_empty() {
+            for (day, per_key) in reread {
+                rollups.replace_day(day, per_key);
             }
             rollups.recompute_totals();
         }
         drop(rollups);
         remember_sessions(&mut session_keys, learnt);
-        self.forget_deferred(records.len() as u64);
         Ok(true)
     }
 
     /// Runs `f` in a read transaction that sees no deferred batch: indexes
-    /// them first, a batch per hold of the writer (the writer thread keeps
-    /// writing in between), and takes the snapshot while holding it.
+    /// them first, a batch per hold of the writer lock, and takes the
+    /// snapshot while holding it. With `rollups`, `f` also gets the rollups,
+    /// held for reading until it returns (the writer's commits wait: keep
+    /// `f` short); without, no lock is held while `f` runs. (The tracker has
+    /// its writer thread do the indexing first: see
+    /// `UsageQueries::wait_for_deferred`.)
     fn with_settled_reader<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>, &Rollups) -> Result<T, UsageError>,
+        rollups: bool,
+        f: impl FnOnce(&Transaction<'_>, Option<&Rollups>) -> Result<T, UsageError>,
     ) -> Result<T, UsageError> {
         self.with_reader(|conn| {
             loop {
@@ -1334,13 +1384,13 @@ impl SqliteStore {
                 if self.deferred.load(Ordering::SeqCst) > 0 && self.unpack(&mut writer, None)? {
                     continue;
                 }
-                let rollups = self.read_rollups();
+                let held = rollups.then(|| self.read_rollups());
                 let tx = conn.transaction().map_err(db_err)?;
                 // The first read fixes the snapshot.
                 tx.query_row("SELECT COUNT(*) FROM deferred", [], |r| r.get::<_, i64>(0))
                     .map_err(db_err)?;
                 drop(writer);
-                return f(&tx, &rollups);
+                return f(&tx, held.as_deref());
             }
         })
     }
@@ -1423,7 +1473,8 @@ impl UsageStore for SqliteStore {
     ) -> Result<RecentPage, UsageError> {
         // Pages are read in time order from rows: deferred batches are
         // indexed first.
-        self.with_settled_reader(|tx, rollups| {
+        self.with_settled_reader(true, |tx, rollups| {
+            let rollups = rollups.ok_or_else(|| UsageError::Database("no rollups".into()))?;
             let total = self.count_matching(rollups, tx, filter)?;
             let mut records = Vec::new();
             if limit > 0 && (offset as u64) < total {
@@ -1474,7 +1525,7 @@ impl UsageStore for SqliteStore {
     ) -> Result<u64, UsageError> {
         // One read transaction: a consistent snapshot, streamed row by row
         // in time order (deferred batches are indexed first).
-        self.with_settled_reader(|tx, _| {
+        self.with_settled_reader(false, |tx, _| {
             let mut fed = 0;
             for_each_record(tx, filter, None, "ORDER BY timestamp_us, id", &mut |r| {
                 fed += 1;
@@ -1559,13 +1610,19 @@ impl UsageStore for SqliteStore {
                 .map_err(db_err)?;
             }
         }
+        // Memory: drop whole days, recompute the partial day from its hours
+        // (read before the commit: nothing after it may fail).
+        let partial_day = floor_to(before_us, DAY_US);
+        let partial = if partial_day < before_us {
+            Some(read_day(&tx, partial_day)?)
+        } else {
+            None
+        };
         let mut rollups = self.write_rollups();
         tx.commit().map_err(db_err)?;
-        // Memory: drop whole days, recompute the partial day from its hours.
-        let partial_day = floor_to(before_us, DAY_US);
         rollups.days = rollups.days.split_off(&partial_day);
-        if partial_day < before_us {
-            reload_day(&conn, &mut rollups, partial_day)?;
+        if let Some(per_key) = partial {
+            rollups.replace_day(partial_day, per_key);
         }
         rollups.recompute_totals();
         Ok(removed as u64)
@@ -2096,5 +2153,50 @@ mod tests {
         let (_store, report) = SqliteStore::open(&path).unwrap();
         assert!(report.rollups_rebuilt.is_some());
         assert_eq!(report.records, 200);
+    }
+
+    #[test]
+    fn a_rollup_rebuild_sets_aside_deferred_batches_that_do_not_decode() {
+        let records = synthetic_records(300, 1_767_571_200_000_000, DAY_US, 15);
+        let (_dir, path, store) = deferred_store(&records, 100);
+        drop(store);
+        {
+            let conn = Connection::open(&path).unwrap();
+            // A damaged batch, and a damaged rollup row that makes the
+            // next open rebuild the rollups.
+            conn.execute(
+                "UPDATE deferred SET records = x'01' WHERE batch = (SELECT MAX(batch) FROM deferred)",
+                [],
+            )
+            .unwrap();
+            conn.execute("UPDATE rollup_hours SET aggregate = x'00'", [])
+                .unwrap();
+        }
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert!(report.rollups_rebuilt.is_some(), "{report:?}");
+        assert_eq!(report.records, 200);
+        assert_eq!(store.deferred(), 200);
+        conformance::check_aggregates(&store, &sorted(&records[..200])).unwrap();
+        drop(store);
+        let (store, report) = SqliteStore::open(&path).unwrap();
+        assert!(report.rollups_rebuilt.is_none(), "{report:?}");
+        assert_eq!(report.records, 200);
+        conformance::check_queries(&store, &sorted(&records[..200])).unwrap();
+        // A second unreadable batch does not replace the first one set aside
+        // (batch ids are never reused).
+        store.insert_deferred(&records[200..210]).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE deferred SET records = x'02' WHERE batch = (SELECT MAX(batch) FROM deferred)",
+            [],
+        )
+        .unwrap();
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.catch_up(Duration::from_secs(10)).unwrap(), 0);
+        let set_aside: i64 = conn
+            .query_row("SELECT COUNT(*) FROM deferred_unreadable", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(set_aside, 2);
     }
 }
