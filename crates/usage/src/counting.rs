@@ -355,6 +355,19 @@ impl SpareCpu {
         self.spare
     }
 
+    /// Starts the next reading's window now, keeping the current verdict:
+    /// time before `now` (e.g. the writer catching up) is not judged.
+    pub(crate) fn restart_window(&mut self, now: Instant, heartbeat: &Heartbeat) {
+        if self.min_share <= 0.0 {
+            return;
+        }
+        self.read_at = Some(now);
+        self.last = CpuTimes::read().map(|times| Sample {
+            times,
+            counter: heartbeat.cpu_time().unwrap_or_default(),
+        });
+    }
+
     fn sample(&mut self, heartbeat: &Heartbeat) {
         let Some(times) = CpuTimes::read() else {
             self.spare = true;

@@ -41,10 +41,6 @@ const BUILDER_LINGER: Duration = Duration::from_millis(10);
 /// The writer indexes deferred records in slices of about this long (at
 /// least one batch), checking between them for a due write.
 const CATCH_UP_SLICE: Duration = Duration::from_millis(50);
-/// After catching up the writer defers nothing for this long: its own CPU
-/// time counts as busy, and the next reading would otherwise send it back
-/// to deferring what it just had the CPU to index (two ¼ s samples).
-const DEFER_AFTER_CATCH_UP: Duration = Duration::from_millis(500);
 /// After a failed catch-up the writer waits this long before the next.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(5);
 /// A query reading rows in time order (`recent`, `export`) waits at most
@@ -69,9 +65,11 @@ pub(crate) struct Shared {
     /// Past this many deferred records, batches are indexed as they are
     /// written even on a busy machine (0: never defer).
     defer_max: u64,
-    /// Queries waiting for the writer to index every deferred record (it
-    /// then catches up, and defers nothing new, also on a busy machine).
+    /// Queries waiting for the writer to index the deferred records (it
+    /// then catches up after every write, also on a busy machine).
     catch_up_wanted: AtomicUsize,
+    /// Why the writer's last catch-up failed (cleared when one succeeds).
+    catch_up_error: Mutex<Option<String>>,
     /// Registered once: `metrics::gauge!` registers its key on every call.
     queue_depth: metrics::Gauge,
     pending_gauge: metrics::Gauge,
@@ -464,7 +462,6 @@ fn write_loop(
     let no_counter = Heartbeat::new();
     let mut last_prune: Option<Instant> = None;
     let mut catch_up_after = Instant::now();
-    let mut caught_up_at: Option<Instant> = None;
     shared.deferred_gauge.set(shared.store.deferred() as f64);
     loop {
         let deadline = Instant::now() + interval;
@@ -476,21 +473,19 @@ fn write_loop(
             if shared.pending_len() * 2 >= shared.max_pending {
                 break;
             }
-            // Spare CPU indexes what was deferred while the machine was busy.
+            // Spare CPU (or a query waiting) indexes what was deferred
+            // while the machine was busy.
             let now = Instant::now();
             if shared.store.deferred() > 0
                 && now >= catch_up_after
                 && (shared.catch_up_wanted.load(Ordering::SeqCst) > 0
                     || spare_cpu.has_spare(now, &no_counter))
             {
-                caught_up_at = Some(now);
-                if let Err(e) = catch_up(shared) {
-                    catch_up_after = now + CATCH_UP_RETRY;
-                    tracing::error!(
-                        error = %e, store = %shared.store.describe(),
-                        "indexing deferred usage records failed; will retry"
-                    );
-                }
+                catch_up(shared, &mut catch_up_after);
+                // The writer's own CPU time counts as busy: the next reading
+                // starts after it, or catching up would send the writer
+                // straight back to deferring.
+                spare_cpu.restart_window(Instant::now(), &no_counter);
                 continue;
             }
             std::thread::sleep(Duration::from_millis(20).min(interval));
@@ -498,14 +493,20 @@ fn write_loop(
         // A busy machine writes the batch packed, indexed later.
         let defer = shared.defer_max > 0
             && shared.store.deferred() < shared.defer_max
-            && shared.catch_up_wanted.load(Ordering::SeqCst) == 0
-            && caught_up_at.is_none_or(|t| t.elapsed() >= DEFER_AFTER_CATCH_UP)
             && !spare_cpu.has_spare(Instant::now(), &no_counter);
         if let Err(e) = flush_pending(shared, defer) {
             tracing::error!(
                 error = %e, store = %shared.store.describe(),
                 "usage flush failed; will retry"
             );
+        }
+        // A waiting query gets a slice after every write, however full the
+        // buffer keeps the loop above.
+        if shared.catch_up_wanted.load(Ordering::SeqCst) > 0
+            && shared.store.deferred() > 0
+            && Instant::now() >= catch_up_after
+        {
+            catch_up(shared, &mut catch_up_after);
         }
         if let Some(keep) = retention
             && last_prune.is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
@@ -542,14 +543,27 @@ impl Drop for CatchUpWanted<'_> {
     }
 }
 
-/// Indexes deferred records for about [`CATCH_UP_SLICE`].
-fn catch_up(shared: &Shared) -> Result<(), UsageError> {
-    let left = shared.store.catch_up(CATCH_UP_SLICE);
+/// Indexes deferred records for about [`CATCH_UP_SLICE`]; after a failure
+/// (logged, kept for waiting queries) not again before `retry_at`.
+fn catch_up(shared: &Shared, retry_at: &mut Instant) {
+    let result = shared.store.catch_up(CATCH_UP_SLICE);
     shared.deferred_gauge.set(shared.store.deferred() as f64);
-    if left.is_err() {
-        metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
+    let mut last_error = shared
+        .catch_up_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(_) => *last_error = None,
+        Err(e) => {
+            metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
+            *retry_at = Instant::now() + CATCH_UP_RETRY;
+            tracing::error!(
+                error = %e, store = %shared.store.describe(),
+                "indexing deferred usage records failed; will retry"
+            );
+            *last_error = Some(e.to_string());
+        }
     }
-    left.map(|_| ())
 }
 
 /// Moves every pending record into the store; `defer`: packed, indexed
@@ -635,6 +649,7 @@ impl Shared {
             max_pending: max_pending.max(1),
             defer_max,
             catch_up_wanted: AtomicUsize::new(0),
+            catch_up_error: Mutex::new(None),
             queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
             pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
             deferred_gauge: metrics::gauge!(telemetry::DEFERRED_RECORDS),
@@ -745,8 +760,7 @@ impl UsageQueries {
     /// Feeds every matching record, oldest first, to `sink` (stored ones,
     /// then pending ones). Blocking: call from a blocking thread.
     ///
-    /// An export can run for minutes, so it holds no lock (it keeps the
-    /// writer from deferring batches meanwhile): it snapshots the
+    /// An export can run for minutes, so it holds no lock: it snapshots the
     /// pending records first and skips their ids in the store, so a record
     /// flushed meanwhile is exported exactly once.
     pub fn export(
@@ -754,7 +768,6 @@ impl UsageQueries {
         query: &UsageQuery,
         sink: &mut dyn FnMut(&UsageRecord) -> bool,
     ) -> Result<u64, UsageError> {
-        // Held to the end: the writer defers nothing while the export runs.
         let _indexed = self.wait_for_deferred()?;
         let pending = {
             let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
@@ -784,20 +797,29 @@ impl UsageQueries {
     }
 
     /// Has the writer thread index the records the store deferred, and
-    /// waits for it (at most [`CATCH_UP_WAIT`]): reading rows in time order
-    /// would otherwise index them on this thread, under the query's locks,
-    /// holding up the writer. The returned guard keeps the writer from
-    /// deferring new batches until the query has its snapshot. Still
-    /// indexing after the wait (or shutting down): an error, not a stall.
+    /// waits (at most [`CATCH_UP_WAIT`]) until at most one buffer's worth
+    /// is left (the writer may go on deferring new batches at saturation;
+    /// the store indexes that rest itself before reading): reading rows in
+    /// time order would otherwise index them all on this thread, under the
+    /// query's locks, holding up the writer. The guard keeps the writer
+    /// catching up while the query runs. Still indexing after the wait (or
+    /// shutting down): an error naming why, not a stall.
     fn wait_for_deferred(&self) -> Result<CatchUpWanted<'_>, UsageError> {
         let shared = &self.shared;
         let wanted = CatchUpWanted::new(shared);
         let until = Instant::now() + CATCH_UP_WAIT;
-        while shared.store.deferred() > 0 {
+        while shared.store.deferred() > shared.max_pending as u64 {
             if Instant::now() >= until || shared.stopping.load(Ordering::SeqCst) {
+                let why = shared
+                    .catch_up_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .map(|e| format!(" (indexing them failed: {e})"))
+                    .unwrap_or_default();
                 return Err(UsageError::Database(format!(
                     "{} usage records written while the machine was busy are still being \
-                     indexed; try again shortly",
+                     indexed{why}; try again shortly",
                     shared.store.deferred()
                 )));
             }

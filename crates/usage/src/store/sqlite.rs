@@ -871,6 +871,15 @@ fn for_each_record(
     Ok(())
 }
 
+/// The bytes of a deferred batch's `records` column (none when it holds
+/// something other than a blob or text: the batch then does not decode).
+fn batch_bytes(value: rusqlite::types::ValueRef<'_>) -> &[u8] {
+    match value {
+        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b,
+        _ => &[],
+    }
+}
+
 /// Feeds the records of `deferred` batches matching `f` (within `range`)
 /// to `each`, in batch order, until it returns false. A batch that does not
 /// decode is skipped here (its records are in the rollups; catching up sets
@@ -889,10 +898,7 @@ fn for_each_deferred(
         .map_err(db_err)?;
     let mut rows = stmt.query(params![lo, hi]).map_err(db_err)?;
     while let Some(row) = rows.next().map_err(db_err)? {
-        let blob = row.get_ref(0).map_err(db_err)?;
-        let bytes = blob
-            .as_blob()
-            .map_err(|e| UsageError::Encoding(e.to_string()))?;
+        let bytes = batch_bytes(row.get_ref(0).map_err(db_err)?);
         let Ok(records) = packed::decode_batch(bytes) else {
             continue;
         };
@@ -1012,10 +1018,7 @@ fn rebuild_rollups(conn: &mut Connection, path: &Path) -> Result<Rollups, UsageE
             .map_err(db_err)?;
         let mut rows = stmt.query([]).map_err(db_err)?;
         while let Some(row) = rows.next().map_err(db_err)? {
-            let blob = row.get_ref(1).map_err(db_err)?;
-            let bytes = blob
-                .as_blob()
-                .map_err(|e| UsageError::Encoding(e.to_string()))?;
+            let bytes = batch_bytes(row.get_ref(1).map_err(db_err)?);
             if let Err(e) = packed::decode_batch(bytes) {
                 undecodable.push((row.get::<_, i64>(0).map_err(db_err)?, e));
             }
@@ -1168,13 +1171,21 @@ fn read_day(conn: &Connection, day: i64) -> Result<HashMap<u32, Aggregate>, Usag
     while let Some(row) = rows.next().map_err(db_err)? {
         let id: u32 = row.get(1).map_err(db_err)?;
         let blob = row.get_ref(2).map_err(db_err)?;
-        let bytes = blob
+        // A damaged row is left out (logged), not an error that would undo
+        // the write that needed this day: the next open finds the rollups
+        // damaged and rebuilds them, and the next write to the hour
+        // recomputes it.
+        match blob
             .as_blob()
-            .map_err(|e| UsageError::Encoding(e.to_string()))?;
-        per_key
-            .entry(id)
-            .or_default()
-            .merge(&Aggregate::from_bytes(bytes)?);
+            .map_err(|e| UsageError::Encoding(e.to_string()))
+            .and_then(Aggregate::from_bytes)
+        {
+            Ok(agg) => per_key.entry(id).or_default().merge(&agg),
+            Err(e) => {
+                let hour: i64 = row.get(0).map_err(db_err)?;
+                tracing::warn!(hour_us = hour, key_id = id, error = %e, "damaged usage rollup row left out of the day's aggregates");
+            }
+        }
     }
     Ok(per_key)
 }
@@ -1296,22 +1307,22 @@ impl SqliteStore {
     fn unpack(&self, conn: &mut Connection, only: Option<i64>) -> Result<bool, UsageError> {
         let mut session_keys = lock(&self.session_keys);
         let tx = conn.transaction().map_err(db_err)?;
-        let oldest: Option<(i64, Vec<u8>)> = tx
+        let oldest: Option<(i64, Result<Vec<UsageRecord>, UsageError>)> = tx
             .query_row(
                 "SELECT batch, records FROM deferred WHERE ?1 IS NULL OR batch = ?1 \
                  ORDER BY batch LIMIT 1",
                 [only],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, packed::decode_batch(batch_bytes(r.get_ref(1)?)))),
             )
             .optional()
             .map_err(db_err)?;
-        let Some((batch, blob)) = oldest else {
+        let Some((batch, decoded)) = oldest else {
             if only.is_none() {
                 self.deferred.store(0, Ordering::SeqCst);
             }
             return Ok(false);
         };
-        let records = match packed::decode_batch(&blob) {
+        let records = match decoded {
             Ok(records) => records,
             Err(e) => {
                 let count = set_aside(&tx, &self.path, batch, &e)?;
@@ -1366,9 +1377,9 @@ impl SqliteStore {
         Ok(true)
     }
 
-    /// Runs `f` in a read transaction that sees no deferred batch: indexes
-    /// them first, a batch per hold of the writer lock, and takes the
-    /// snapshot while holding it. With `rollups`, `f` also gets the rollups,
+    /// Runs `f` in a read transaction that sees no deferred batch: when a
+    /// first snapshot has some, indexes them, a batch per hold of the writer
+    /// lock, and takes the snapshot while holding it. With `rollups`, `f` also gets the rollups,
     /// held for reading until it returns (the writer's commits wait: keep
     /// `f` short); without, no lock is held while `f` runs. (The tracker has
     /// its writer thread do the indexing first: see
@@ -1379,6 +1390,17 @@ impl SqliteStore {
         f: impl FnOnce(&Transaction<'_>, Option<&Rollups>) -> Result<T, UsageError>,
     ) -> Result<T, UsageError> {
         self.with_reader(|conn| {
+            // Nothing deferred in a snapshot: read it without the writer lock.
+            {
+                let held = rollups.then(|| self.read_rollups());
+                let tx = conn.transaction().map_err(db_err)?;
+                let deferred: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM deferred", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                if deferred == 0 {
+                    return f(&tx, held.as_deref());
+                }
+            }
             loop {
                 let mut writer = lock(&self.writer);
                 if self.deferred.load(Ordering::SeqCst) > 0 && self.unpack(&mut writer, None)? {
@@ -2110,8 +2132,14 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.execute("UPDATE deferred SET records = x'ff00ff' WHERE batch = (SELECT MIN(batch) FROM deferred)", [])
                 .unwrap();
+            // Not even a blob: the same.
+            conn.execute(
+                "UPDATE deferred SET records = 'text' WHERE batch = (SELECT MAX(batch) FROM deferred)",
+                [],
+            )
+            .unwrap();
         }
-        // Stats skip it (its records stay in the rollups) until it is indexed.
+        // Stats skip them (their records stay in the rollups) until indexed.
         assert_eq!(store.count().unwrap(), 300);
         store
             .aggregate(
@@ -2137,22 +2165,22 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let (count, error): (i64, String) = conn
             .query_row(
-                "SELECT record_count, error FROM deferred_unreadable",
+                "SELECT SUM(record_count), MIN(error) FROM deferred_unreadable",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!(count, 100);
+        assert_eq!(count, 200);
         assert!(!error.is_empty());
         let rows: i64 = conn
             .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(rows, 200);
+        assert_eq!(rows, 100);
         drop(store);
         // At the next open the rollups no longer match the rows: rebuilt.
         let (_store, report) = SqliteStore::open(&path).unwrap();
         assert!(report.rollups_rebuilt.is_some());
-        assert_eq!(report.records, 200);
+        assert_eq!(report.records, 100);
     }
 
     #[test]
