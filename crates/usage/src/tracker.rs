@@ -462,6 +462,7 @@ fn write_loop(
     let no_counter = Heartbeat::new();
     let mut last_prune: Option<Instant> = None;
     let mut catch_up_after = Instant::now();
+    let mut catching_up = false;
     shared.deferred_gauge.set(shared.store.deferred() as f64);
     loop {
         let deadline = Instant::now() + interval;
@@ -482,11 +483,17 @@ fn write_loop(
                     || spare_cpu.has_spare(now, &no_counter))
             {
                 catch_up(shared, &mut catch_up_after);
-                // The writer's own CPU time counts as busy: the next reading
-                // starts after it, or catching up would send the writer
-                // straight back to deferring.
-                spare_cpu.restart_window(Instant::now(), &no_counter);
+                catching_up = true;
                 continue;
+            }
+            if catching_up {
+                // The writer's own CPU time counts as busy: the next reading
+                // starts after catching up (keeping the last verdict), or a
+                // window spanning it would send the writer straight back to
+                // deferring. (While catching up, readings go on: load that
+                // comes back stops it.)
+                spare_cpu.restart_window(now, &no_counter);
+                catching_up = false;
             }
             std::thread::sleep(Duration::from_millis(20).min(interval));
         }
