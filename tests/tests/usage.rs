@@ -456,15 +456,42 @@ async fn a_busy_machine_defers_indexing_and_every_query_still_sees_every_record(
         (rows, deferred),
         "stats index nothing"
     );
-    // Recent reads rows in time order: it indexes them first.
-    let v = recent(&proxy, "limit=1000").await;
-    assert_eq!(v["total"], N + 1);
-    assert_eq!(v["records"].as_array().unwrap().len(), N as usize + 1);
+    // Export reads rows in time order: the writer indexes them first.
+    let r = get(&proxy.url("/v1/usage/export?format=jsonl"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids: std::collections::HashSet<String> = r
+        .body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].to_string())
+        .collect();
+    assert_eq!(ids.len() as i64, N + 1, "every record exported once");
     assert_eq!(rows_and_deferred_in(&path), (N + 1, 0));
+    // More records, packed again; recent has them indexed too.
+    const M: i64 = 6;
+    for i in 0..M {
+        let r = post(
+            &proxy.url("/v1/chat/completions"),
+            &chat("openai:gpt-4o-mini", &format!("later {i}"), false),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    for _ in 0..200 {
+        if rows_and_deferred_in(&path) == (N + 1, M) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rows_and_deferred_in(&path), (N + 1, M));
+    let v = recent(&proxy, "limit=1000").await;
+    assert_eq!(v["total"], N + 1 + M);
+    assert_eq!(v["records"].as_array().unwrap().len(), (N + 1 + M) as usize);
+    assert_eq!(rows_and_deferred_in(&path), (N + 1 + M, 0));
     drop(spinner);
     proxy.stop().await;
 
     let proxy = proxy_with_usage(&up, &path_s).await;
-    assert_eq!(stats(&proxy, "").await["request_count"], N + 1);
+    assert_eq!(stats(&proxy, "").await["request_count"], N + 1 + M);
     proxy.stop().await;
 }
