@@ -46,24 +46,20 @@ pub fn format_rfc3339_us(us: i64) -> String {
     let secs = rem / 1_000_000;
     let millis = (rem % 1_000_000) / 1000;
     if (0..=9999).contains(&y) {
-        // Digit by digit: `format!` cost ~3.5 k instructions per call, and
-        // every usage record formats one.
-        let mut out = String::with_capacity(24);
-        push_digits(&mut out, y, 4);
-        for (sep, n) in [
-            ('-', i64::from(m)),
-            ('-', i64::from(d)),
-            ('T', secs / 3600),
-            (':', (secs / 60) % 60),
-            (':', secs % 60),
-        ] {
-            out.push(sep);
-            push_digits(&mut out, n, 2);
-        }
-        out.push('.');
-        push_digits(&mut out, millis, 3);
-        out.push('Z');
-        return out;
+        // Digit by digit into a buffer: `format!` cost ~3.5 k instructions
+        // per call, and every usage record formats one.
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        put_digits(&mut out[0..4], y);
+        put_digits(&mut out[5..7], i64::from(m));
+        put_digits(&mut out[8..10], i64::from(d));
+        put_digits(&mut out[11..13], secs / 3600);
+        put_digits(&mut out[14..16], (secs / 60) % 60);
+        put_digits(&mut out[17..19], secs % 60);
+        put_digits(&mut out[20..23], millis);
+        // ASCII digits and separators: always UTF-8.
+        return std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .unwrap_or_default();
     }
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
@@ -73,11 +69,12 @@ pub fn format_rfc3339_us(us: i64) -> String {
     )
 }
 
-/// Appends the `width` lowest decimal digits of `n` (0 ≤ n), zero-padded.
-fn push_digits(out: &mut String, n: i64, width: u32) {
-    for i in (0..width).rev() {
-        let digit = (n / 10_i64.pow(i)).rem_euclid(10);
-        out.push(char::from(b'0' + digit as u8));
+/// Writes the lowest decimal digits of `n` (0 ≤ n) into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut n: i64) {
+    for slot in out.iter_mut().rev() {
+        // `rem_euclid(10)` is 0..=9.
+        *slot = b'0' + n.rem_euclid(10) as u8;
+        n /= 10;
     }
 }
 

@@ -22,7 +22,7 @@ use memchr::memmem::Finder;
 
 use crate::collect::FinishedExchange;
 use crate::counting::Heartbeat;
-use crate::extract::{PromptFacts, ResponseAccumulator, ResponseFacts};
+use crate::extract::{PromptFacts, ResponseAccumulator, ResponseFacts, essentials_of};
 use crate::pricing::{PriceTable, TokenCounts};
 use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
 use crate::time::{format_rfc3339, system_time_us};
@@ -34,9 +34,16 @@ const MAX_TRACKED_SESSIONS: usize = 100_000;
 /// Lines whose counts are remembered; past this the cache starts over.
 const MAX_CACHED_LINES: usize = 200_000;
 
+/// Session turn counters, keyed by the exchange's own session id (an `Arc`
+/// clone, no copy); foldhash, seeded per map: SipHash and a key copy per
+/// record were ~2 k instructions of the builder's ~17 k.
+type Turns = HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
+
 /// Drafts records; owned by the builder thread.
 pub struct RecordBuilder {
-    turns: HashMap<String, u32>,
+    turns: Turns,
+    /// The last model's encoding (consecutive records mostly share a model).
+    last_encoding: Option<(String, (Encoding, bool))>,
 }
 
 impl std::fmt::Debug for RecordBuilder {
@@ -117,7 +124,8 @@ impl RecordBuilder {
     /// A builder with no sessions seen.
     pub fn new() -> RecordBuilder {
         RecordBuilder {
-            turns: HashMap::new(),
+            turns: Turns::default(),
+            last_encoding: None,
         }
     }
 
@@ -129,18 +137,13 @@ impl RecordBuilder {
         let served = outcome.served_by.as_ref();
         let model = served.map_or_else(|| ctx.requested_model.clone(), |a| a.model.clone());
         let backend_protocol = served.map_or(frontend, |a| protocol_of(a.backend_type, frontend));
-        let encoding = Encoding::for_model(&model);
+        let encoding = self.encoding_of(&model);
 
         // Only what every record needs: usage and tool names (the text is
         // read by whoever counts tokens).
         let read = served.is_some() && !ex.backend_response.is_empty();
-        let backend_facts = read.then(|| {
-            let mut acc = ResponseAccumulator::essentials(backend_protocol, ex.backend_sse);
-            for c in &ex.backend_response {
-                acc.push(c);
-            }
-            acc.finish()
-        });
+        let backend_facts =
+            read.then(|| essentials_of(backend_protocol, ex.backend_sse, &ex.backend_response));
         let reported = backend_facts.as_ref().and_then(|f| f.usage.clone());
         let tool_names: Vec<String> = backend_facts
             .map(|f| f.tool_calls.into_iter().map(|t| t.name).collect())
@@ -226,13 +229,27 @@ impl RecordBuilder {
         }
     }
 
-    fn next_turn(&mut self, session: &str) -> u32 {
-        if self.turns.len() >= MAX_TRACKED_SESSIONS && !self.turns.contains_key(session) {
+    fn next_turn(&mut self, session: &Arc<str>) -> u32 {
+        if let Some(turn) = self.turns.get_mut(&**session) {
+            *turn = turn.saturating_add(1);
+            return *turn;
+        }
+        if self.turns.len() >= MAX_TRACKED_SESSIONS {
             self.turns.clear();
         }
-        let turn = self.turns.entry(session.to_owned()).or_insert(0);
-        *turn = turn.saturating_add(1);
-        *turn
+        self.turns.insert(session.clone(), 1);
+        1
+    }
+
+    fn encoding_of(&mut self, model: &str) -> (Encoding, bool) {
+        match &self.last_encoding {
+            Some((last, encoding)) if last == model => *encoding,
+            _ => {
+                let encoding = Encoding::for_model(model);
+                self.last_encoding = Some((model.to_owned(), encoding));
+                encoding
+            }
+        }
     }
 }
 
@@ -673,6 +690,28 @@ mod tests {
         assert_eq!(estimated.verbatim_completion_tokens, Some(11));
         assert_eq!(estimated.prompt_tokens, body.div_ceil(4));
         assert!(estimated.cost_usd.unwrap() > exact.cost_usd.unwrap());
+    }
+
+    #[test]
+    fn turns_count_per_session_and_each_model_gets_its_encoding() {
+        let mut builder = RecordBuilder::new();
+        let mut draft = |model: &str, session: &str| {
+            let mut ex = test_exchange(model, ANSWER);
+            ex.ctx.session_id = Arc::from(session);
+            let d = builder.draft(ex);
+            (d.record.turn_number, d.encoding)
+        };
+        let o200k = (Encoding::O200kBase, true);
+        let cl100k = (Encoding::Cl100kBase, true);
+        assert_eq!(draft("gpt-4o-mini", "a"), (1, o200k));
+        assert_eq!(draft("gpt-4", "b"), (1, cl100k));
+        assert_eq!(draft("gpt-4", "a"), (2, cl100k));
+        assert_eq!(draft("gpt-4o-mini", "a"), (3, o200k));
+        assert_eq!(
+            draft("claude-sonnet-4", "b"),
+            (2, (Encoding::Cl100kBase, false))
+        );
+        assert_eq!(draft("gpt-4o-mini", "c"), (1, o200k));
     }
 
     #[test]

@@ -411,41 +411,46 @@ struct BackendMetrics {
 /// cloned backend label each) cost ~13 k instructions a record (callgrind).
 #[derive(Default)]
 struct RecordMetrics {
-    by_backend: HashMap<String, BackendMetrics>,
+    by_backend: HashMap<String, BackendMetrics, foldhash::fast::RandomState>,
 }
 
 impl RecordMetrics {
     fn emit(&mut self, r: &UsageRecord) {
-        if !self.by_backend.contains_key(&r.backend) {
-            let backend = r.backend.clone();
-            let tokens = |kind: &'static str| metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => kind);
-            let handles = BackendMetrics {
-                records: metrics::counter!(telemetry::RECORDS_TOTAL, "backend" => backend.clone()),
-                prompt: tokens("prompt"),
-                completion: tokens("completion"),
-                cached: tokens("cached"),
-                reasoning: tokens("reasoning"),
-                // A float total: exported as a gauge that only grows.
-                cost: metrics::gauge!(telemetry::COST_USD_TOTAL, "backend" => backend.clone()),
-            };
-            self.by_backend.insert(backend, handles);
-        }
-        let Some(m) = self.by_backend.get(&r.backend) else {
+        if let Some(m) = self.by_backend.get(&r.backend) {
+            m.emit(r);
             return;
+        }
+        let backend = r.backend.clone();
+        let tokens = |kind: &'static str| metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => kind);
+        let handles = BackendMetrics {
+            records: metrics::counter!(telemetry::RECORDS_TOTAL, "backend" => backend.clone()),
+            prompt: tokens("prompt"),
+            completion: tokens("completion"),
+            cached: tokens("cached"),
+            reasoning: tokens("reasoning"),
+            // A float total: exported as a gauge that only grows.
+            cost: metrics::gauge!(telemetry::COST_USD_TOTAL, "backend" => backend.clone()),
         };
-        m.records.increment(1);
-        m.prompt.increment(r.prompt_tokens);
-        m.completion.increment(r.completion_tokens);
+        handles.emit(r);
+        self.by_backend.insert(backend, handles);
+    }
+}
+
+impl BackendMetrics {
+    fn emit(&self, r: &UsageRecord) {
+        self.records.increment(1);
+        self.prompt.increment(r.prompt_tokens);
+        self.completion.increment(r.completion_tokens);
         if let Some(u) = &r.backend_reported_usage {
             if let Some(c) = u.cached_tokens {
-                m.cached.increment(c);
+                self.cached.increment(c);
             }
             if let Some(c) = u.reasoning_tokens {
-                m.reasoning.increment(c);
+                self.reasoning.increment(c);
             }
         }
         if let Some(cost) = r.cost_usd {
-            m.cost.increment(cost);
+            self.cost.increment(cost);
         }
     }
 }

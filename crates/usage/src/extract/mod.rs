@@ -43,6 +43,6 @@ mod usage;
 mod tests;
 
 pub use prompt::PromptFacts;
-pub use response::{ResponseAccumulator, ResponseFacts, ToolCall};
+pub use response::{ResponseAccumulator, ResponseFacts, ToolCall, essentials_of};
 pub use sse::{DEFAULT_MAX_EVENT_BYTES, SseEvent, SseParser};
 pub use usage::usage_from_json;

@@ -2,6 +2,7 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use llm_proxy_core::Frontend;
 use memchr::memmem::Finder;
 
@@ -192,20 +193,10 @@ impl ResponseAccumulator {
         } = self;
         match mode {
             Mode::Json { buf, overflow } => {
-                if essentials_only
-                    && !overflow
-                    && let Some(usage) = usage_only(protocol, &buf)
-                {
-                    return ResponseFacts {
-                        usage,
-                        ..ResponseFacts::default()
-                    };
+                if overflow {
+                    return state.finish();
                 }
-                if !overflow && !state.body(&buf, false) && looks_like_sse(&buf) {
-                    let mut parser = SseParser::new();
-                    parser.feed_borrowed(&buf, |name, data| state.sse_event(name, data));
-                    parser.finish_borrowed(|name, data| state.sse_event(name, data));
-                }
+                return read_json_body(state, protocol, essentials_only, &buf);
             }
             Mode::Sse {
                 mut parser,
@@ -226,6 +217,44 @@ impl ResponseAccumulator {
         }
         state.finish()
     }
+}
+
+/// What every usage record needs (see [`ResponseAccumulator::essentials`])
+/// from a response that arrived as `chunks`: a JSON body in one chunk (the
+/// usual case) is read where it lies, without a copy.
+pub fn essentials_of(protocol: Frontend, is_sse: bool, chunks: &[Bytes]) -> ResponseFacts {
+    if let [body] = chunks
+        && !is_sse
+        && body.len() <= MAX_JSON_BODY_BYTES
+    {
+        return read_json_body(State::new(protocol), protocol, true, body);
+    }
+    let mut acc = ResponseAccumulator::essentials(protocol, is_sse);
+    for c in chunks {
+        acc.push(c);
+    }
+    acc.finish()
+}
+
+/// Reads a whole (not SSE-framed) JSON response body.
+fn read_json_body(
+    mut state: State,
+    protocol: Frontend,
+    essentials_only: bool,
+    body: &[u8],
+) -> ResponseFacts {
+    if essentials_only && let Some(usage) = usage_only(protocol, body) {
+        return ResponseFacts {
+            usage,
+            ..ResponseFacts::default()
+        };
+    }
+    if !state.body(body, false) && looks_like_sse(body) {
+        let mut parser = SseParser::new();
+        parser.feed_borrowed(body, |name, data| state.sse_event(name, data));
+        parser.finish_borrowed(|name, data| state.sse_event(name, data));
+    }
+    state.finish()
 }
 
 /// Byte strings whose presence means an event or body may make or name a

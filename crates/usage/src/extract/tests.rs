@@ -7,6 +7,7 @@
     reason = "tests"
 )]
 
+use bytes::Bytes;
 use llm_proxy_core::Frontend;
 use llm_proxy_core::mock::{MockOptions, MockReply, reply, usage_for};
 use proptest::prelude::*;
@@ -56,6 +57,21 @@ fn check_essentials(
     let shown = || String::from_utf8_lossy(body).into_owned();
     assert_eq!(essentials.usage, full.usage, "usage of {}", shown());
     assert_eq!(names(&essentials), names(full), "tool names of {}", shown());
+    // The builder's entry point: a body in one chunk is read where it lies.
+    let chunks: Vec<Bytes> = body
+        .chunks(size.max(1))
+        .map(Bytes::copy_from_slice)
+        .collect();
+    for pieces in [&chunks[..], &[Bytes::copy_from_slice(body)][..]] {
+        let of = essentials_of(protocol, is_sse, pieces);
+        assert_eq!(of.usage, full.usage, "essentials_of: usage of {}", shown());
+        assert_eq!(
+            names(&of),
+            names(full),
+            "essentials_of: tool names of {}",
+            shown()
+        );
+    }
 }
 
 /// Facts of a whole JSON body, the essentials reading checked too.
