@@ -32,8 +32,7 @@ build_release
 ensure_load_tool
 CONFIG=$BENCH_WORK/proxy.toml
 wait_for_quiet
-start_mock --chunks 20
-printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
+start_mock_backend "$CONFIG"
 make_chat_body "$BODY_BYTES" up:gpt-4o-mini "$STREAM" >"$BENCH_WORK/chat.json"
 
 RUNS=$BENCH_WORK/runs.jsonl

@@ -458,6 +458,25 @@ metric_sum() {
         END { printf "%.0f\n", found ? s : 0 }'
 }
 
+# start_mock_backend CONFIG: a fresh mock-llm (20 chunks per stream) and a
+# proxy config with one openai-type backend `up` pointing at it (mock-llm
+# keeps every request it served in memory: one per run).
+start_mock_backend() {
+    start_mock --chunks 20
+    printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$1"
+}
+
+# wait_indexed URL: waits (at most 120 s) until the proxy's usage store has
+# indexed every record it deferred while the machine was busy; prints the
+# seconds waited.
+wait_indexed() {
+    local url=$1 start=$SECONDS
+    while (($(metric_sum "$url" llm_proxy_usage_deferred_records) > 0)) && ((SECONDS - start < 120)); do
+        sleep 0.2
+    done
+    printf '%s\n' $((SECONDS - start))
+}
+
 # median: of the numbers on stdin, one a line ("null" if none).
 median() {
     sort -g | awk '{ a[NR] = $1 } END {

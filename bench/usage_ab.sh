@@ -39,21 +39,9 @@ build_release
 ensure_load_tool
 export BENCH_UNIQUE_BODY=1
 CONFIG=$BENCH_WORK/proxy.toml
-fresh_mock() {
-    start_mock --chunks 20
-    printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
-}
 wait_for_quiet
-fresh_mock
+start_mock_backend "$CONFIG"
 make_chat_body 1024 up:gpt-4o-mini false >"$BENCH_WORK/chat.json"
-# wait_indexed URL: until nothing is left deferred (at most 60 s).
-wait_indexed() {
-    local start=$SECONDS
-    while (($(metric_sum "$1" llm_proxy_usage_deferred_records) > 0)) && ((SECONDS - start < 60)); do
-        sleep 0.2
-    done
-}
-
 RUNS=$BENCH_WORK/ab.jsonl
 : >"$RUNS"
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -68,7 +56,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         read -r -a extra <<<"${!extra_env:-}"
         env+=("${extra[@]}")
         stop_process "$MOCK_PID" >/dev/null
-        fresh_mock 2>/dev/null
+        start_mock_backend "$CONFIG" 2>/dev/null
         PROXY_BIN=${!bin:-$BENCH_WORK/bin/llm-proxy}
         [[ -x $PROXY_BIN ]] || die "not an executable: $PROXY_BIN"
         start_proxy "$CONFIG" "${env[@]}" 2>/dev/null
@@ -76,7 +64,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         run_load "$url" "$BENCH_WORK/chat.json" 2 "$CONNS" >/dev/null
         if [[ $mode != off ]]; then
             sleep 2
-            wait_indexed "$PROXY_URL"
+            wait_indexed "$PROXY_URL" >/dev/null
         else
             sleep 1.5
         fi

@@ -51,13 +51,8 @@ done
 build_release
 ensure_load_tool
 CONFIG=$BENCH_WORK/proxy.toml
-# A fresh mock per run: mock-llm keeps every request it served in memory.
-fresh_mock() {
-    start_mock --chunks 20
-    printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
-}
 wait_for_quiet
-fresh_mock
+start_mock_backend "$CONFIG"
 MODEL=up:gpt-4o-mini
 make_chat_body "$BODY_BYTES" "$MODEL" false >"$BENCH_WORK/chat.json"
 make_chat_body "$BODY_BYTES" "$MODEL" true >"$BENCH_WORK/chat-stream.json"
@@ -81,16 +76,6 @@ settled_count() {
     printf '%s\n' "$cur"
 }
 
-# wait_indexed URL: waits (at most 120 s) until the store has indexed every
-# record it deferred while the machine was busy; prints the seconds waited.
-wait_indexed() {
-    local url=$1 start=$SECONDS
-    while (($(metric_sum "$url" llm_proxy_usage_deferred_records) > 0)) && ((SECONDS - start < 120)); do
-        sleep 0.2
-    done
-    printf '%s\n' $((SECONDS - start))
-}
-
 RUNS=$BENCH_WORK/runs.jsonl
 : >"$RUNS"
 
@@ -111,7 +96,7 @@ one_run() {
     fi
     wait_for_quiet
     stop_process "$MOCK_PID"
-    fresh_mock
+    start_mock_backend "$CONFIG"
     start_proxy "$CONFIG" "${env[@]}"
     local url=$PROXY_URL/v1/chat/completions
     curl -sf "$url" -d @"$BENCH_WORK/chat.json" >/dev/null || die "proxy does not answer"

@@ -30,9 +30,8 @@ need perf
 build_release
 ensure_load_tool
 wait_for_quiet
-start_mock --chunks 20
 CONFIG=$BENCH_WORK/proxy.toml
-printf '[backends.up]\ntype = "openai"\napi_url = "%s/v1"\n' "$MOCK_URL" >"$CONFIG"
+start_mock_backend "$CONFIG"
 make_chat_body 1024 up:gpt-4o-mini "$STREAM" >"$BENCH_WORK/body.json"
 env=(USAGE_TRACKING_ENABLED=false)
 [[ $TRACKING == on ]] && env=(USAGE_TRACKING_ENABLED=true
