@@ -13,9 +13,10 @@
 #   cp target/release/llm-proxy /tmp/before && <change, rebuild> &&
 #   AB_BIN_before=/tmp/before bench/usage_ab.sh off before on
 # Each run: fresh mock-llm and proxy, 2 s warm-up, deferred records indexed,
-# then the load. Prints one JSON line per run (req/s, proxy CPU µs per
-# request, CPU seconds by thread, records dropped) and the median req/s of
-# each mode against the first. Writes nothing under bench/results.
+# then the load. Prints one JSON line per run (req/s, non-2xx responses,
+# proxy CPU µs per request, CPU seconds by thread, records dropped) and
+# the median req/s of each mode against the first. Writes nothing under
+# bench/results.
 source "$(dirname "$0")/lib.sh"
 
 ROUNDS=4 SECS=10 CONNS=64 MODES=()
@@ -79,7 +80,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         jq -c -n --arg mode "$mode" --argjson round "$round" --argjson load "$load" \
             --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson t0 "$threads0" \
             --argjson t1 "$threads1" --argjson dropped "$dropped" '
-            {mode:$mode, round:$round, rps:($load.rps | round),
+            {mode:$mode, round:$round, rps:($load.rps | round), non_2xx:$load.non_2xx,
              cpu_us_per_request:((($cpu1 - $cpu0) / $load.requests * 1e6 * 10 | round) / 10),
              thread_cpu_s:($t1 | with_entries(.value = ((.value - ($t0[.key] // 0)) * 100 | round / 100))
                               | with_entries(select(.value > 0))),
