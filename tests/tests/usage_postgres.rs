@@ -172,6 +172,18 @@ async fn a_ten_second_database_outage_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let spilled = std::fs::metadata(&spill).unwrap().len();
     assert!(spilled > 0, "nothing spilled while the database was down");
+    // Queries cannot be answered meanwhile: 503 with `Retry-After`, naming
+    // the database, not a 500.
+    for path in ["/v1/usage/stats", "/v1/usage/recent", "/v1/usage/export"] {
+        let r = get(&proxy.url(path), &[]).await;
+        assert_eq!(r.status, 503, "{path}: {}", r.body);
+        assert_eq!(r.headers["retry-after"], "5", "{path}");
+        assert!(
+            r.body.contains("usage database unreachable"),
+            "{path}: {}",
+            r.body
+        );
+    }
     tokio::time::sleep(Duration::from_secs(7)).await;
     let during = sent.load(Ordering::SeqCst) - before;
     assert!(during > 20, "requests stalled during the outage: {during}");

@@ -52,6 +52,16 @@ pub enum UsageError {
     /// A database error.
     #[error("usage database: {0}")]
     Database(String),
+    /// The store cannot answer now but will soon: deferred records are still
+    /// being indexed, or the database is unreachable. Routes answer 503 with
+    /// `Retry-After`.
+    #[error("{reason}; try again in {retry_after_secs} s")]
+    Unavailable {
+        /// Why, naming what is not ready.
+        reason: String,
+        /// When trying again makes sense.
+        retry_after_secs: u32,
+    },
     /// A record could not be encoded or decoded.
     #[error("usage record encoding: {0}")]
     Encoding(String),

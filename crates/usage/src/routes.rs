@@ -11,6 +11,7 @@ use llm_proxy_core::handler::{
     ApiBody, BoxError, BoxFuture, RouteHandler, json_error, json_response,
 };
 
+use crate::error::UsageError;
 use crate::query::{ExportFormat, UsageQuery};
 use crate::record::UsageRecord;
 use crate::time::{format_rfc3339, system_time_us};
@@ -75,7 +76,7 @@ impl RouteHandler for UsageRoutes {
                     })
                     .await
                 }
-                "/v1/usage/export" => export(queries, query),
+                "/v1/usage/export" => export(queries, query).await,
                 other => json_error(StatusCode::NOT_FOUND, &format!("no usage route {other}")),
             }
         })
@@ -88,17 +89,31 @@ async fn blocking_json(
 ) -> Response<ApiBody> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(body)) => json_response(StatusCode::OK, body),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "usage query failed");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("usage query failed: {e}"),
-            )
+        Ok(Err(e)) => query_failed(&*e),
+        Err(e) => query_failed(&e),
+    }
+}
+
+/// The answer to a failed query: 503 with `Retry-After` when the store will
+/// be able to answer soon ([`UsageError::Unavailable`]), else 500.
+fn query_failed(e: &(dyn std::error::Error + 'static)) -> Response<ApiBody> {
+    let message = format!("usage query failed: {e}");
+    match e.downcast_ref::<UsageError>() {
+        Some(UsageError::Unavailable {
+            retry_after_secs, ..
+        }) => {
+            tracing::warn!(error = %e, "usage query unavailable");
+            let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, &message);
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
+            response
         }
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("usage query failed: {e}"),
-        ),
+        _ => {
+            tracing::error!(error = %e, "usage query failed");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
+        }
     }
 }
 
@@ -149,12 +164,22 @@ const CSV_COLUMNS: &[&str] = &[
     "replaced",
 ];
 
-fn export(queries: UsageQueries, query: UsageQuery) -> Response<ApiBody> {
+/// Streams the matching records in `query.format`.
+///
+/// The status waits for the first frame (or the end): an export that fails
+/// before sending anything (deferred records still being indexed, the
+/// database unreachable) answers with an error status, not a broken body.
+async fn export(queries: UsageQueries, query: UsageQuery) -> Response<ApiBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(8);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), UsageError>>();
     let format = query.format;
-    tokio::task::spawn_blocking(move || {
+    let task = tokio::task::spawn_blocking(move || {
+        let ready = std::cell::Cell::new(Some(ready_tx));
         let mut buf = BytesMut::with_capacity(EXPORT_FRAME_BYTES * 2);
         let send = |buf: &mut BytesMut| -> bool {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Ok(()));
+            }
             let frame = buf.split().freeze();
             frame.is_empty() || tx.blocking_send(Ok(Frame::data(frame))).is_ok()
         };
@@ -200,14 +225,31 @@ fn export(queries: UsageQueries, query: UsageQuery) -> Response<ApiBody> {
                 }
                 send(&mut buf);
             }
-            Err(e) => {
-                // Headers are gone already: break the body so the client sees a failure.
-                tracing::error!(error = %e, "usage export failed");
-                send(&mut buf);
-                let _ = tx.blocking_send(Err(Box::new(e)));
-            }
+            Err(e) => match ready.take() {
+                Some(ready) => {
+                    let _ = ready.send(Err(e));
+                }
+                None => {
+                    // Headers are gone already: break the body so the client
+                    // sees a failure.
+                    tracing::error!(error = %e, "usage export failed");
+                    send(&mut buf);
+                    let _ = tx.blocking_send(Err(Box::new(e)));
+                }
+            },
         }
     });
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return query_failed(&e),
+        // The task ended without a word: it panicked.
+        Err(_) => {
+            return match task.await {
+                Err(e) => query_failed(&e),
+                Ok(()) => query_failed(&UsageError::Encoding("export ended early".into())),
+            };
+        }
+    }
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let mut response = Response::new(StreamBody::new(Box::pin(stream)).boxed_unsync());
@@ -290,4 +332,45 @@ fn write_csv(buf: &mut BytesMut, r: &UsageRecord) {
         }
     }
     buf.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::queries_over_unindexed_store;
+
+    async fn get(routes: &UsageRoutes, uri: &str) -> (StatusCode, http::HeaderMap, String) {
+        let request = Request::get(uri).body(Bytes::new()).unwrap();
+        let response = routes.handle(request).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into(),
+        )
+    }
+
+    /// Deferred records not indexed in time: `recent` and every export
+    /// format answer 503 with `Retry-After` and say why (an export never
+    /// starts a 200 body it then has to break); stats answer.
+    #[tokio::test]
+    async fn unindexed_records_answer_503_with_retry_after() {
+        let routes = UsageRoutes::new(queries_over_unindexed_store(
+            std::time::Duration::from_millis(20),
+        ));
+        for uri in [
+            "/v1/usage/recent",
+            "/v1/usage/export?format=json",
+            "/v1/usage/export?format=jsonl",
+            "/v1/usage/export?format=csv",
+        ] {
+            let (status, headers, body) = get(&routes, uri).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+            assert_eq!(headers[http::header::RETRY_AFTER], "10", "{uri}");
+            assert!(body.contains("still being indexed"), "{uri}: {body}");
+        }
+        let (status, _, body) = get(&routes, "/v1/usage/stats").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

@@ -46,6 +46,9 @@ const CATCH_UP_RETRY: Duration = Duration::from_secs(5);
 /// A query reading rows in time order (`recent`, `export`) waits at most
 /// this long for the writer to index deferred records.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// What a query that waited [`CATCH_UP_WAIT`] in vain tells the client to
+/// wait (`Retry-After`, seconds).
+const CATCH_UP_RETRY_AFTER_S: u32 = 10;
 
 /// State shared by the threads and the query side.
 pub(crate) struct Shared {
@@ -70,6 +73,8 @@ pub(crate) struct Shared {
     catch_up_wanted: AtomicUsize,
     /// Why the writer's last catch-up failed (cleared when one succeeds).
     catch_up_error: Mutex<Option<String>>,
+    /// How long a query waits for deferred records ([`CATCH_UP_WAIT`]).
+    catch_up_wait: Duration,
     /// Registered once: `metrics::gauge!` registers its key on every call.
     queue_depth: metrics::Gauge,
     pending_gauge: metrics::Gauge,
@@ -662,6 +667,7 @@ impl Shared {
             defer_max,
             catch_up_wanted: AtomicUsize::new(0),
             catch_up_error: Mutex::new(None),
+            catch_up_wait: CATCH_UP_WAIT,
             queue_depth: metrics::gauge!(telemetry::QUEUE_DEPTH),
             pending_gauge: metrics::gauge!(telemetry::PENDING_RECORDS),
             deferred_gauge: metrics::gauge!(telemetry::DEFERRED_RECORDS),
@@ -819,7 +825,7 @@ impl UsageQueries {
     fn wait_for_deferred(&self) -> Result<CatchUpWanted<'_>, UsageError> {
         let shared = &self.shared;
         let wanted = CatchUpWanted::new(shared);
-        let until = Instant::now() + CATCH_UP_WAIT;
+        let until = Instant::now() + shared.catch_up_wait;
         while shared.store.deferred() > shared.max_pending as u64 {
             if Instant::now() >= until || shared.stopping.load(Ordering::SeqCst) {
                 let why = shared
@@ -829,11 +835,14 @@ impl UsageQueries {
                     .clone()
                     .map(|e| format!(" (indexing them failed: {e})"))
                     .unwrap_or_default();
-                return Err(UsageError::Database(format!(
-                    "{} usage records written while the machine was busy are still being \
-                     indexed{why}; try again shortly",
-                    shared.store.deferred()
-                )));
+                return Err(UsageError::Unavailable {
+                    reason: format!(
+                        "{} usage records written while the machine was busy are still being \
+                         indexed{why}",
+                        shared.store.deferred()
+                    ),
+                    retry_after_secs: CATCH_UP_RETRY_AFTER_S,
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -851,6 +860,64 @@ impl UsageQueries {
             .filter(|(r, _)| query.filter.matches(r))
             .cloned()
             .collect()
+    }
+}
+
+/// Queries over a store that has a million deferred records nobody indexes
+/// (no writer runs) and waits `wait` for them: every ordered read gives up.
+#[cfg(test)]
+pub(crate) fn queries_over_unindexed_store(wait: Duration) -> UsageQueries {
+    struct Unindexed(crate::store::MemoryStore);
+    impl UsageStore for Unindexed {
+        fn describe(&self) -> String {
+            "unindexed".into()
+        }
+        fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
+            self.0.insert(records)
+        }
+        fn deferred(&self) -> u64 {
+            1_000_000
+        }
+        fn recent(
+            &self,
+            filter: &crate::query::UsageFilter,
+            limit: usize,
+            offset: usize,
+        ) -> Result<RecentPage, UsageError> {
+            self.0.recent(filter, limit, offset)
+        }
+        fn aggregate(
+            &self,
+            filter: &crate::query::UsageFilter,
+            group_by: &[crate::query::GroupKey],
+        ) -> Result<AggregateSet, UsageError> {
+            self.0.aggregate(filter, group_by)
+        }
+        fn export(
+            &self,
+            filter: &crate::query::UsageFilter,
+            sink: &mut dyn FnMut(&UsageRecord) -> bool,
+        ) -> Result<u64, UsageError> {
+            self.0.export(filter, sink)
+        }
+        fn prune(&self, before_us: i64) -> Result<u64, UsageError> {
+            self.0.prune(before_us)
+        }
+        fn flush(&self) -> Result<(), UsageError> {
+            self.0.flush()
+        }
+        fn count(&self) -> Result<u64, UsageError> {
+            self.0.count()
+        }
+    }
+    let mut shared = Shared::new(
+        Arc::new(Unindexed(crate::store::MemoryStore::new())),
+        1_000,
+        0,
+    );
+    shared.catch_up_wait = wait;
+    UsageQueries {
+        shared: Arc::new(shared),
     }
 }
 
@@ -956,6 +1023,34 @@ mod tests {
         fn count(&self) -> Result<u64, UsageError> {
             self.inner.count()
         }
+    }
+
+    /// Ordered reads wait for deferred records only so long, then say the
+    /// store is not ready yet (a 503 with `Retry-After` on the routes);
+    /// stats, which need no row order, answer at once.
+    #[test]
+    fn ordered_reads_give_up_on_unindexed_records_as_unavailable() {
+        let queries = queries_over_unindexed_store(Duration::from_millis(30));
+        let all = UsageQuery::default();
+        let started = Instant::now();
+        let unavailable = |r: Result<(), UsageError>| match r {
+            Err(UsageError::Unavailable {
+                reason,
+                retry_after_secs,
+            }) => {
+                assert!(reason.contains("1000000 usage records"), "{reason}");
+                assert!(reason.contains("still being indexed"), "{reason}");
+                assert_eq!(retry_after_secs, CATCH_UP_RETRY_AFTER_S);
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+        unavailable(queries.recent(&all).map(|_| ()));
+        unavailable(queries.export(&all, &mut |_| true).map(|_| ()));
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "each waited"
+        );
+        assert_eq!(queries.stats(&all).unwrap().overall.request_count, 0);
     }
 
     /// The writer moves a batch out of `pending` without copying it; when

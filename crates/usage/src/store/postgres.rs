@@ -227,14 +227,31 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> UsageError {
+    UsageError::Database(pg_detail(&e))
+}
+
+/// What went wrong, with the server's own words or the OS error.
+fn pg_detail(e: &tokio_postgres::Error) -> String {
     let detail = match e.as_db_error() {
         Some(db) => format!("{e}: {db}"),
-        None => match std::error::Error::source(&e) {
+        None => match std::error::Error::source(e) {
             Some(src) => format!("{e}: {src}"),
             None => e.to_string(),
         },
     };
-    UsageError::Database(format!("postgres: {detail}"))
+    format!("postgres: {detail}")
+}
+
+/// A read that could not reach the database: the client may retry soon
+/// (routes answer 503 with `Retry-After`).
+fn unreachable(e: UsageError) -> UsageError {
+    match e {
+        UsageError::Database(reason) => UsageError::Unavailable {
+            reason: format!("usage database unreachable: {reason}"),
+            retry_after_secs: 5,
+        },
+        e => e,
+    }
 }
 
 /// Why a batch did not commit.
@@ -1341,7 +1358,7 @@ impl Inner {
         let database = self.database.clone();
         self.run(Duration::from_secs(10), async move {
             let (client, conn) = config.connect(NoTls).await.map_err(|e| {
-                UsageError::Database(format!("cannot connect to {database}: {}", pg_err(e)))
+                UsageError::Database(format!("cannot connect to {database}: {}", pg_detail(&e)))
             })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -1500,17 +1517,19 @@ impl Inner {
         let pooled = lock(&self.readers).pop();
         let client = match pooled {
             Some(c) if !c.is_closed() => c,
-            _ => self.connect()?,
+            _ => self.connect().map_err(unreachable)?,
         };
         let keys = lock(&self.keys).clone();
         let (client, result) = self.run(self.options.read_timeout, op(client, keys))?;
-        if !client.is_closed() {
+        let closed = client.is_closed();
+        if !closed {
             let mut pool = lock(&self.readers);
             if pool.len() < MAX_IDLE_READERS {
                 pool.push(client);
             }
         }
-        let (value, keys) = result?;
+        // A connection lost under the query: the database went away.
+        let (value, keys) = result.map_err(|e| if closed { unreachable(e) } else { e })?;
         let mut cache = lock(&self.keys);
         if keys.max_id > cache.max_id {
             *cache = keys;
