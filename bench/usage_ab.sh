@@ -5,7 +5,7 @@
 #
 #   bench/usage_ab.sh [--rounds 4] [--seconds 10] [--connections 64] MODE...
 #
-# MODE is a name. `off` runs with usage tracking off; any other name runs
+# MODE is a name; the order rotates every round. `off` runs with usage tracking off; any other name runs
 # with tracking on (SQLite in a temp dir, flush every 1 s), plus
 #   AB_ENV_<name>="VAR=value ..."   extra environment for the proxy
 #   AB_BIN_<name>=/path/llm-proxy   another proxy binary (default: this build)
@@ -46,7 +46,11 @@ make_chat_body 1024 up:gpt-4o-mini false >"$BENCH_WORK/chat.json"
 RUNS=$BENCH_WORK/ab.jsonl
 : >"$RUNS"
 for ((round = 1; round <= ROUNDS; round++)); do
-    for mode in "${MODES[@]}"; do
+    # The order rotates every round (a, b, c; b, c, a; …): no mode always
+    # runs first or right after another.
+    shift_by=$(((round - 1) % ${#MODES[@]}))
+    order=("${MODES[@]:shift_by}" "${MODES[@]:0:shift_by}")
+    for mode in "${order[@]}"; do
         env=(USAGE_TRACKING_ENABLED=false)
         if [[ $mode != off ]]; then
             mkdir -p "$BENCH_WORK/store-$mode-$round"

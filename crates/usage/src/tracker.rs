@@ -54,7 +54,11 @@ const CATCH_UP_RETRY_AFTER_S: u32 = 10;
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn UsageStore>,
     /// Built records not yet in the store, oldest first.
-    pending: Mutex<Vec<(UsageRecord, Instant)>>,
+    pending: Mutex<Batch>,
+    /// The last batch's buffer, emptied, for the next one: a fresh buffer
+    /// per write cost the writer a copy of every record (pairs split into
+    /// records and end times) and the builder page faults filling it.
+    spare: Mutex<Batch>,
     /// Records of the batch being moved to the store (out of `pending`).
     moving_len: AtomicUsize,
     /// A batch is in the store but its `flush` failed.
@@ -590,34 +594,32 @@ fn flush_pending(shared: &Shared, defer: bool) -> Result<(), UsageError> {
     // batch can leave `pending` at once, without a copy: no query sees it
     // in neither place. The builder keeps adding to `pending` meanwhile.
     let _moving = shared.moving.write().unwrap_or_else(|p| p.into_inner());
-    let batch = {
+    let next = std::mem::take(&mut *shared.spare.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut batch = {
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
         shared.moving_len.store(pending.len(), Ordering::SeqCst);
-        // Room for a batch like this one: growing by doubling would copy
-        // every record built meanwhile once or twice more.
-        let room = pending.len();
-        std::mem::replace(&mut *pending, Vec::with_capacity(room))
+        std::mem::replace(&mut *pending, next)
     };
     if batch.is_empty() {
         drop(_moving);
+        *shared.spare.lock().unwrap_or_else(|p| p.into_inner()) = batch;
         // A batch inserted earlier whose `flush` failed: retried alone.
         if shared.flush_owed.load(Ordering::SeqCst) {
             return flush_store(shared);
         }
         return Ok(());
     }
-    let (records, ended): (Vec<UsageRecord>, Vec<Instant>) = batch.into_iter().unzip();
     let inserted = if defer {
-        shared.store.insert_deferred(&records)
+        shared.store.insert_deferred(&batch.records)
     } else {
-        shared.store.insert(&records)
+        shared.store.insert(&batch.records)
     };
     let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     shared.moving_len.store(0, Ordering::SeqCst);
     if let Err(e) = inserted {
         // Back in front of the records built meanwhile, in order.
-        let newer = std::mem::replace(&mut *pending, records.into_iter().zip(ended).collect());
-        pending.extend(newer);
+        batch.append(&mut pending);
+        *pending = batch;
         shared.pending_gauge.set(pending.len() as f64);
         metrics::counter!(telemetry::STORE_ERRORS_TOTAL).increment(1);
         return Err(e);
@@ -628,12 +630,47 @@ fn flush_pending(shared: &Shared, defer: bool) -> Result<(), UsageError> {
     shared.deferred_gauge.set(shared.store.deferred() as f64);
     let now = Instant::now();
     let lag = metrics::histogram!(telemetry::FLUSH_LAG_SECONDS);
-    for ended in &ended {
+    for ended in &batch.ended {
         lag.record(now.duration_since(*ended).as_secs_f64());
     }
+    batch.recycle();
+    *shared.spare.lock().unwrap_or_else(|p| p.into_inner()) = batch;
     // The batch is in the store now (queries find it there): a failed
     // `flush` must not put it back in `pending`, or it would count twice.
     flush_store(shared)
+}
+
+/// Built records and when their exchanges ended, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    records: Vec<UsageRecord>,
+    ended: Vec<Instant>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Moves `newer`'s records behind these.
+    fn append(&mut self, newer: &mut Batch) {
+        self.records.append(&mut newer.records);
+        self.ended.append(&mut newer.ended);
+    }
+
+    /// Empties the batch for reuse, keeping room for one like it (not more
+    /// than twice that: one burst must not hold its memory for good).
+    fn recycle(&mut self) {
+        let room = self.len().max(64) * 2;
+        self.records.clear();
+        self.ended.clear();
+        self.records.shrink_to(room);
+        self.ended.shrink_to(room);
+    }
 }
 
 /// Makes what the store holds durable: a WAL checkpoint for SQLite, the
@@ -657,7 +694,8 @@ impl Shared {
     fn new(store: Arc<dyn UsageStore>, max_pending: usize, defer_max: u64) -> Shared {
         Shared {
             store,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Batch::default()),
+            spare: Mutex::new(Batch::default()),
             moving: RwLock::new(()),
             moving_len: AtomicUsize::new(0),
             flush_owed: AtomicBool::new(false),
@@ -685,7 +723,8 @@ impl Shared {
                 .increment(1);
             return;
         }
-        pending.push((record, ended));
+        pending.records.push(record);
+        pending.ended.push(ended);
     }
 
     /// Sets the queue and pending gauges (by the builder, every millisecond
@@ -732,7 +771,7 @@ impl UsageQueries {
             .store
             .aggregate(&query.filter, &query.group_by)?;
         let mut fresh = AggregateSet::default();
-        for (r, _) in self.pending_matching(query).iter() {
+        for r in &self.pending_matching(query) {
             fresh.add(r, &query.group_by);
         }
         set.merge(&fresh);
@@ -748,11 +787,7 @@ impl UsageQueries {
         let _indexed = self.wait_for_deferred()?;
         let _reading = self.shared.moving.read().unwrap_or_else(|p| p.into_inner());
         // Pending records are the newest: they come first.
-        let mut fresh: Vec<UsageRecord> = self
-            .pending_matching(query)
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect();
+        let mut fresh = self.pending_matching(query);
         fresh.sort_by_key(|r| std::cmp::Reverse((r.timestamp_us, r.id.clone())));
         let fresh_total = fresh.len();
         let mut records: Vec<UsageRecord> = fresh
@@ -792,7 +827,7 @@ impl UsageQueries {
             self.pending_matching(query)
         };
         let pending_ids: std::collections::HashSet<&str> =
-            pending.iter().map(|(r, _)| r.id.as_str()).collect();
+            pending.iter().map(|r| r.id.as_str()).collect();
         let mut more = true;
         let mut n = 0;
         self.shared.store.export(&query.filter, &mut |r| {
@@ -804,7 +839,7 @@ impl UsageQueries {
             more
         })?;
         if more {
-            for (r, _) in &pending {
+            for r in &pending {
                 n += 1;
                 if !sink(r) {
                     break;
@@ -849,15 +884,16 @@ impl UsageQueries {
         Ok(wanted)
     }
 
-    fn pending_matching(&self, query: &UsageQuery) -> Vec<(UsageRecord, Instant)> {
+    fn pending_matching(&self, query: &UsageQuery) -> Vec<UsageRecord> {
         let pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         pending
+            .records
             .iter()
-            .filter(|(r, _)| query.filter.matches(r))
+            .filter(|r| query.filter.matches(r))
             .cloned()
             .collect()
     }
@@ -1059,8 +1095,7 @@ mod tests {
     #[test]
     fn a_batch_the_store_refuses_stays_pending_in_order() {
         let (store, shared, queries, records) = over_flaky_store(1, 0, 5);
-        let ids =
-            |v: &[(UsageRecord, Instant)]| v.iter().map(|(r, _)| r.id.clone()).collect::<Vec<_>>();
+        let ids = |v: &Batch| v.records.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
         for r in &records[..3] {
             shared.push_pending(r.clone(), Instant::now());
         }
@@ -1146,7 +1181,7 @@ mod tests {
         assert_eq!(queue.len(), 0);
         {
             let pending = shared.pending.lock().unwrap();
-            for (r, _) in pending.iter() {
+            for r in &pending.records {
                 assert_eq!(r.token_source, TokenSource::Estimate);
                 assert!(r.verbatim_prompt_tokens.unwrap() > 0);
             }
