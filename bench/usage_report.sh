@@ -47,7 +47,7 @@ def inproc($size; $case): (.stats.sizes[]? | select(.records == $size) | .stats_
 "",
 (if .overhead then
   "## Tracking off vs on\n",
-  "Closed loop with \(.overhead.meta.tools.load_tool), \(.overhead.setup.seconds_per_run) s per run after a \(.overhead.setup.warmup_seconds) s warm-up, a fresh proxy per run, off and on alternated. Upstream: \(.overhead.setup.upstream). Tracking on: \(.overhead.setup.tracking_on). CPU is the proxy process’s user + system time (`/proc/PID/stat`) during the run ÷ responses; “incl. drain” adds the seconds after the run while the tracker finishes building and writing.\n",
+  "Closed loop with \(.overhead.meta.tools.load_tool), \(.overhead.setup.seconds_per_run) s per run after a \(.overhead.setup.warmup_seconds) s warm-up, \(.overhead.setup.order // "a fresh proxy per run, off and on alternated"). Upstream: \(.overhead.setup.upstream). Tracking on: \(.overhead.setup.tracking_on). CPU is the proxy process’s user + system time (`/proc/PID/stat`) during the run ÷ responses; “incl. drain” adds the seconds after the run while the tracker finishes building and writing.\n",
   "| variant | tracking | round | req/s | p50 ms | p99 ms | proxy CPU µs/req | incl. drain | stored − wrk responses | estimated tokens | dropped | s with cargo running |",
   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   (.overhead.runs[] | "| \(.variant) | \(.tracking) | \(.round) | \(.load.rps | int) | \(.load.latency_ms.p50 | f2) | \(.load.latency_ms.p99 | f2) | \(.proxy_cpu_us_per_request | f1) | \(.proxy_cpu_us_per_request_incl_drain | f1) | \(.records.minus_wrk_responses // "–") | \(.records.estimated_total // "–") | \(.records.dropped_total // "–") | \(.seconds_with_cargo_running // "–") |"),
