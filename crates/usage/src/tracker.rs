@@ -642,7 +642,7 @@ fn flush_pending(shared: &Shared, defer: bool) -> Result<(), UsageError> {
 
 /// Built records and when their exchanges ended, oldest first.
 #[derive(Debug, Default)]
-pub(crate) struct Batch {
+struct Batch {
     records: Vec<UsageRecord>,
     ended: Vec<Instant>,
 }
