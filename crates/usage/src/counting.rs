@@ -265,9 +265,20 @@ const SPARE_SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 /// (time the counting thread used counts as unused: it would have been).
 /// Where `/proc/stat` cannot be read, the machine is taken to have CPU to
 /// spare (the stale-draft pause still applies).
+///
+/// A proxy allowed fewer cores than the machine has (a container's CPU
+/// quota or an affinity mask, see [`crate::cpu_limit`]) must also have
+/// spare time within that limit: its own CPU time against the limit's
+/// capacity over the same window. There the counting thread's time counts
+/// as used: at idle priority it yields to the machine's other threads, but
+/// it still spends the container's quota, which throttles the request
+/// path with it.
 #[derive(Debug)]
 pub(crate) struct SpareCpu {
     last: Option<Sample>,
+    /// Cores the process may use, when fewer than the machine's (read at the
+    /// first sample; `Some(None)`: no such limit).
+    limit: Option<Option<f64>>,
     /// When the CPU times were last read (or found unreadable).
     read_at: Option<Instant>,
     spare: bool,
@@ -279,6 +290,18 @@ pub(crate) struct SpareCpu {
 struct Sample {
     times: CpuTimes,
     counter: Duration,
+    /// The whole process's CPU time, and when it was read.
+    process: Duration,
+    at: Instant,
+}
+
+/// The CPU time of every thread of this process so far.
+fn process_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Machine-wide CPU time in clock ticks (`/proc/stat`, first line).
@@ -288,6 +311,8 @@ struct CpuTimes {
     idle: u64,
     /// user + nice + system + idle + iowait + irq + softirq + steal.
     total: u64,
+    /// CPUs counted (`cpuN` lines).
+    cpus: u32,
 }
 
 impl CpuTimes {
@@ -304,9 +329,17 @@ impl CpuTimes {
             next().unwrap_or(0),
             next().unwrap_or(0),
         );
+        let cpus = stat
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("cpu")
+                    .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .count();
         Some(CpuTimes {
             idle: idle + iowait,
             total: user + nice + system + idle + iowait + irq + softirq + steal,
+            cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
         })
     }
 
@@ -327,12 +360,23 @@ fn spare_share(before: CpuTimes, after: CpuTimes, counter_ticks: u64) -> Option<
     Some(((idle + counter_ticks) as f64 / total as f64).min(1.0))
 }
 
+/// The share of a CPU limit of `cores` that went unused over `wall`, in
+/// which the process used `process` CPU time. `None` when no time passed.
+fn limit_spare_share(process: Duration, wall: Duration, cores: f64) -> Option<f64> {
+    let capacity = wall.as_secs_f64() * cores;
+    if capacity <= 0.0 {
+        return None;
+    }
+    Some((1.0 - process.as_secs_f64() / capacity).clamp(0.0, 1.0))
+}
+
 impl SpareCpu {
     /// Spare when at least `min_share` of the CPU time went unused; 0:
     /// always (`/proc/stat` is then never read).
     pub(crate) fn new(min_share: f64) -> SpareCpu {
         SpareCpu {
             last: None,
+            limit: None,
             read_at: None,
             spare: true,
             min_share,
@@ -365,6 +409,8 @@ impl SpareCpu {
         self.last = CpuTimes::read().map(|times| Sample {
             times,
             counter: heartbeat.cpu_time().unwrap_or_default(),
+            process: process_cpu_time(),
+            at: Instant::now(),
         });
     }
 
@@ -375,15 +421,33 @@ impl SpareCpu {
             return;
         };
         let counter = heartbeat.cpu_time().unwrap_or_default();
+        let (process, at) = (process_cpu_time(), Instant::now());
+        let limit = *self
+            .limit
+            .get_or_insert_with(|| crate::cpu_limit::cpu_limit(times.cpus));
         if let Some(last) = self.last {
+            let counted = counter.saturating_sub(last.counter);
             let counter_ticks =
-                u64::try_from(counter.saturating_sub(last.counter).as_nanos() / NANOS_PER_TICK)
-                    .unwrap_or(u64::MAX);
+                u64::try_from(counted.as_nanos() / NANOS_PER_TICK).unwrap_or(u64::MAX);
             if let Some(share) = spare_share(last.times, times, counter_ticks) {
                 self.spare = share >= self.min_share;
             }
+            if let Some(cores) = limit
+                && let Some(share) = limit_spare_share(
+                    process.saturating_sub(last.process),
+                    at.saturating_duration_since(last.at),
+                    cores,
+                )
+            {
+                self.spare &= share >= self.min_share;
+            }
         }
-        self.last = Some(Sample { times, counter });
+        self.last = Some(Sample {
+            times,
+            counter,
+            process,
+            at,
+        });
     }
 }
 
@@ -425,13 +489,18 @@ mod tests {
             CpuTimes::parse(stat),
             Some(CpuTimes {
                 idle: 820,
-                total: 990
+                total: 990,
+                cpus: 1
             })
         );
         // An old kernel's four fields.
         assert_eq!(
-            CpuTimes::parse("cpu 1 2 3 4\n"),
-            Some(CpuTimes { idle: 4, total: 10 })
+            CpuTimes::parse("cpu 1 2 3 4\ncpu0 1 1 1 1\ncpu1 0 1 2 1\ncpufreq 3\n"),
+            Some(CpuTimes {
+                idle: 4,
+                total: 10,
+                cpus: 2
+            })
         );
         assert_eq!(CpuTimes::parse("cpu0 1 2 3 4\n"), None);
         assert_eq!(CpuTimes::parse("cpu  1 x 3 4\n"), None);
@@ -439,6 +508,27 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(CpuTimes::read().is_some_and(|t| t.total > 0));
         }
+    }
+
+    /// Under a CPU limit the proxy's own use decides: a container using
+    /// all of its 2 cores has nothing to spare however idle the machine.
+    #[test]
+    fn a_cpu_limit_is_spare_only_where_the_process_leaves_it_unused() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(limit_spare_share(s(2), s(1), 2.0), Some(0.0));
+        assert_eq!(limit_spare_share(ms(500), s(1), 2.0), Some(0.75));
+        assert_eq!(limit_spare_share(ms(250), s(1), 0.5), Some(0.5));
+        // Over the limit (a quota is enforced per period): nothing spare.
+        assert_eq!(limit_spare_share(s(3), s(1), 2.0), Some(0.0));
+        assert_eq!(limit_spare_share(s(1), s(0), 2.0), None);
+        // The process's CPU time grows with work on any of its threads.
+        let before = process_cpu_time();
+        let t = Instant::now();
+        while t.elapsed() < ms(30) {
+            std::hint::spin_loop();
+        }
+        assert!(process_cpu_time().saturating_sub(before) >= ms(20));
     }
 
     #[test]
@@ -477,16 +567,37 @@ mod tests {
         assert!(!spare.has_spare(Instant::now(), &beat));
     }
 
+    /// Limited to one core, a process keeping one core busy has nothing to
+    /// spare, whatever the rest of the machine does. (On a machine too busy
+    /// to have 5 % idle this holds for the machine's reading alone.)
+    #[test]
+    fn a_process_using_its_whole_cpu_limit_has_none_to_spare() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let beat = Heartbeat::new();
+        let mut spare = SpareCpu::new(0.05);
+        spare.limit = Some(Some(1.0));
+        assert!(spare.has_spare(Instant::now(), &beat));
+        let until = Instant::now() + SPARE_SAMPLE_PERIOD * 3;
+        while Instant::now() < until {
+            std::hint::black_box(0u64);
+        }
+        assert!(!spare.has_spare(Instant::now(), &beat));
+    }
+
     #[test]
     fn spare_cpu_counts_idle_time_and_the_counting_threads_own() {
         let before = CpuTimes {
             idle: 1_000,
             total: 10_000,
+            cpus: 2,
         };
         // 100 ticks passed, 5 idle: busy.
         let busy = CpuTimes {
             idle: 1_005,
             total: 10_100,
+            cpus: 2,
         };
         assert_eq!(spare_share(before, busy, 0), Some(0.05));
         // The counting thread used 30 of the busy ticks: it would yield them.

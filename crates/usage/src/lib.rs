@@ -12,6 +12,7 @@ pub mod builder;
 pub mod collect;
 pub mod config;
 mod counting;
+mod cpu_limit;
 pub mod error;
 pub mod extract;
 pub mod pricing;
