@@ -337,7 +337,7 @@ fn write_csv(buf: &mut BytesMut, r: &UsageRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::queries_over_unindexed_store;
+    use crate::tracker::test_store::queries_over_unindexed_store;
 
     async fn get(routes: &UsageRoutes, uri: &str) -> (StatusCode, http::HeaderMap, String) {
         let request = Request::get(uri).body(Bytes::new()).unwrap();

@@ -899,114 +899,37 @@ impl UsageQueries {
     }
 }
 
-/// Queries over a store that has a million deferred records nobody indexes
-/// (no writer runs) and waits `wait` for them: every ordered read gives up.
+/// Test stores and queries over them, for this module's tests and the
+/// routes'.
 #[cfg(test)]
-pub(crate) fn queries_over_unindexed_store(wait: Duration) -> UsageQueries {
-    struct Unindexed(crate::store::MemoryStore);
-    impl UsageStore for Unindexed {
-        fn describe(&self) -> String {
-            "unindexed".into()
-        }
-        fn insert(&self, records: &[UsageRecord]) -> Result<(), UsageError> {
-            self.0.insert(records)
-        }
-        fn deferred(&self) -> u64 {
-            1_000_000
-        }
-        fn recent(
-            &self,
-            filter: &crate::query::UsageFilter,
-            limit: usize,
-            offset: usize,
-        ) -> Result<RecentPage, UsageError> {
-            self.0.recent(filter, limit, offset)
-        }
-        fn aggregate(
-            &self,
-            filter: &crate::query::UsageFilter,
-            group_by: &[crate::query::GroupKey],
-        ) -> Result<AggregateSet, UsageError> {
-            self.0.aggregate(filter, group_by)
-        }
-        fn export(
-            &self,
-            filter: &crate::query::UsageFilter,
-            sink: &mut dyn FnMut(&UsageRecord) -> bool,
-        ) -> Result<u64, UsageError> {
-            self.0.export(filter, sink)
-        }
-        fn prune(&self, before_us: i64) -> Result<u64, UsageError> {
-            self.0.prune(before_us)
-        }
-        fn flush(&self) -> Result<(), UsageError> {
-            self.0.flush()
-        }
-        fn count(&self) -> Result<u64, UsageError> {
-            self.0.count()
-        }
-    }
-    let mut shared = Shared::new(
-        Arc::new(Unindexed(crate::store::MemoryStore::new())),
-        1_000,
-        0,
-    );
-    shared.catch_up_wait = wait;
-    UsageQueries {
-        shared: Arc::new(shared),
-    }
-}
-
-#[cfg(test)]
-mod tests {
+pub(crate) mod test_store {
     use super::*;
-    use crate::builder::test_exchange;
-    use crate::record::TokenSource;
-    use crate::store::MemoryStore;
-
-    fn shared() -> Arc<Shared> {
-        shared_over(Arc::new(MemoryStore::new()))
-    }
-
-    fn shared_over(store: Arc<dyn UsageStore>) -> Arc<Shared> {
-        Arc::new(Shared::new(store, 1_000, 0))
-    }
 
     /// A memory store whose next `failures` inserts and next
-    /// `flush_failures` flushes fail.
-    struct FlakyStore {
-        inner: MemoryStore,
+    /// `flush_failures` flushes fail, and which claims `deferred` records wait
+    /// to be indexed (nobody indexes them).
+    pub(super) struct FlakyStore {
+        pub(super) inner: crate::store::MemoryStore,
         failures: AtomicUsize,
         flush_failures: AtomicUsize,
-        flushes: AtomicUsize,
+        pub(super) flushes: AtomicUsize,
+        deferred: u64,
     }
 
     impl FlakyStore {
-        fn failing(inserts: usize, flushes: usize) -> Arc<FlakyStore> {
-            Arc::new(FlakyStore {
-                inner: MemoryStore::new(),
+        pub(super) fn failing(inserts: usize, flushes: usize) -> Arc<FlakyStore> {
+            Arc::new(FlakyStore::new(inserts, flushes))
+        }
+
+        fn new(inserts: usize, flushes: usize) -> FlakyStore {
+            FlakyStore {
+                inner: crate::store::MemoryStore::new(),
                 failures: AtomicUsize::new(inserts),
                 flush_failures: AtomicUsize::new(flushes),
                 flushes: AtomicUsize::new(0),
-            })
+                deferred: 0,
+            }
         }
-    }
-
-    /// A tracker's shared state over a store failing as `FlakyStore::failing`
-    /// says, its queries, and `n` records to push.
-    fn over_flaky_store(
-        inserts: usize,
-        flushes: usize,
-        n: usize,
-    ) -> (Arc<FlakyStore>, Arc<Shared>, UsageQueries, Vec<UsageRecord>) {
-        let store = FlakyStore::failing(inserts, flushes);
-        let shared = shared_over(store.clone());
-        let queries = UsageQueries {
-            shared: shared.clone(),
-        };
-        let records =
-            crate::store::conformance::synthetic_records(n, 1_700_000_000_000_000, 1_000_000, 7);
-        (store, shared, queries, records)
     }
 
     fn take_one(n: &AtomicUsize) -> bool {
@@ -1023,6 +946,9 @@ mod tests {
                 return Err(UsageError::Database("down".into()));
             }
             self.inner.insert(records)
+        }
+        fn deferred(&self) -> u64 {
+            self.deferred
         }
         fn recent(
             &self,
@@ -1059,6 +985,54 @@ mod tests {
         fn count(&self) -> Result<u64, UsageError> {
             self.inner.count()
         }
+    }
+
+    /// Queries over a store that has a million deferred records nobody indexes
+    /// (no writer runs) and waits `wait` for them: every ordered read gives up.
+    pub(crate) fn queries_over_unindexed_store(wait: Duration) -> UsageQueries {
+        let store = FlakyStore {
+            deferred: 1_000_000,
+            ..FlakyStore::new(0, 0)
+        };
+        let mut shared = Shared::new(Arc::new(store), 1_000, 0);
+        shared.catch_up_wait = wait;
+        UsageQueries {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_store::{FlakyStore, queries_over_unindexed_store};
+    use super::*;
+    use crate::builder::test_exchange;
+    use crate::record::TokenSource;
+    use crate::store::MemoryStore;
+
+    fn shared() -> Arc<Shared> {
+        shared_over(Arc::new(MemoryStore::new()))
+    }
+
+    fn shared_over(store: Arc<dyn UsageStore>) -> Arc<Shared> {
+        Arc::new(Shared::new(store, 1_000, 0))
+    }
+
+    /// A tracker's shared state over a store failing as `FlakyStore::failing`
+    /// says, its queries, and `n` records to push.
+    fn over_flaky_store(
+        inserts: usize,
+        flushes: usize,
+        n: usize,
+    ) -> (Arc<FlakyStore>, Arc<Shared>, UsageQueries, Vec<UsageRecord>) {
+        let store = FlakyStore::failing(inserts, flushes);
+        let shared = shared_over(store.clone());
+        let queries = UsageQueries {
+            shared: shared.clone(),
+        };
+        let records =
+            crate::store::conformance::synthetic_records(n, 1_700_000_000_000_000, 1_000_000, 7);
+        (store, shared, queries, records)
     }
 
     /// Ordered reads wait for deferred records only so long, then say the
