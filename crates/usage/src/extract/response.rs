@@ -11,9 +11,11 @@ use super::json::truncate;
 use super::lenient::{Field, parse, parse_str};
 use super::openai_chat::{ChatIn, ChatState};
 use super::responses::{ResponsesIn, ResponsesState};
-use super::scan::usage_span;
+use super::scan::{closes_the_object, sole_usage_value, usage_span};
 use super::sse::SseParser;
-use super::usage::{AnthropicUsage, UsageField, parse_usage_field, usage_from_field};
+use super::usage::{
+    AnthropicUsage, UsageField, parse_usage_field, read_plain_usage_prefix, usage_from_field,
+};
 use crate::record::BackendUsage;
 
 /// Largest JSON body buffered for extraction; a bigger body yields no facts.
@@ -288,7 +290,8 @@ fn carries_essentials(name: Option<&str>, data: &str) -> bool {
 static ESSENTIAL_FINDERS: LazyLock<Vec<Finder<'static>>> =
     LazyLock::new(|| ESSENTIAL_KEYS.iter().copied().map(Finder::new).collect());
 static ERROR_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
-static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+pub(super) static USAGE_FINDER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"usage\""));
 
 /// An essential needle (a tool needle, see [`tool_needle_at`], or `"error"`)
 /// occurs with a value (see [`found_with_a_value`]): two passes over `data` (every
@@ -373,11 +376,24 @@ fn usage_only(protocol: Frontend, body: &[u8]) -> Option<Option<BackendUsage>> {
     if names_tools(body) {
         return None;
     }
+    if let Some(usage) = closing_usage(body) {
+        return Some(usage_of(protocol, &usage));
+    }
     let usage = match usage_span(body)? {
         Some(span) => parse_usage_field(span)?,
         None => UsageField::default(),
     };
     Some(usage_of(protocol, &usage))
+}
+
+/// The shortcut of [`usage_only`] for a body whose one `"usage"` is its
+/// last member (OpenAI's bodies): that value read by hand, the rest of the
+/// body not walked (see `extract::scan`). `None`: take the whole pass.
+pub(super) fn closing_usage(body: &[u8]) -> Option<UsageField> {
+    let start = sole_usage_value(body)?;
+    let (usage, rest) = read_plain_usage_prefix(body.get(start..)?)?;
+    // `usage_span` refuses a body reporting an error; so does this.
+    (closes_the_object(rest) && !found_with_a_value(&ERROR_FINDER, body)).then_some(usage)
 }
 
 /// The normalized usage of a body's `usage` field.

@@ -15,10 +15,17 @@
 //!
 //! Not checked, unlike serde_json: raw control bytes inside strings (invalid
 //! JSON that no backend sends); such a body may still yield its usage here.
+//!
+//! Before the pass, a shortcut for the usual body (OpenAI's, whose `usage`
+//! comes last): [`sole_usage_value`] finds the one `"usage"` of the body by
+//! a byte search, and the caller reads its value and checks that the body's
+//! closing brace follows. In a well-formed body that makes it the top-level
+//! member; what comes before it is not walked, so a body broken before its
+//! `usage` member may still yield that usage (serde would refuse it all).
 
 use memchr::memchr2;
 
-use super::response::has_a_value;
+use super::response::{USAGE_FINDER, has_a_value};
 
 /// Containers nested deeper than this are left to the full reading (the
 /// depth is kept in one `u128` of bits).
@@ -131,6 +138,44 @@ pub(super) fn usage_span(body: &[u8]) -> Option<Option<&[u8]>> {
         first = false;
         i += 1;
     }
+}
+
+/// Where the value of the one `"usage"` key of an object body starts: the
+/// body opens with `{`, has `"usage"` exactly once, its opening quote not
+/// escaped, followed by `:`. Then, if the body is well-formed and that value
+/// is followed only by the body's closing `}`, it is the top-level `usage`
+/// value (a quote that is not escaped and is followed by `usage":` opens a
+/// key; a second container would need a second closing brace).
+pub(super) fn sole_usage_value(body: &[u8]) -> Option<usize> {
+    if body.get(skip_whitespace(body, 0)) != Some(&b'{') {
+        return None;
+    }
+    let mut found = USAGE_FINDER.find_iter(body);
+    let at = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let backslashes = body
+        .get(..at)?
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let colon = skip_whitespace(body, at + USAGE_FINDER.needle().len());
+    (body.get(colon) == Some(&b':')).then(|| skip_whitespace(body, colon + 1))
+}
+
+/// Only JSON whitespace, then the closing `}` of an object, then only
+/// whitespace.
+pub(super) fn closes_the_object(rest: &[u8]) -> bool {
+    let at = skip_whitespace(rest, 0);
+    rest.get(at) == Some(&b'}')
+        && rest
+            .get(at + 1..)
+            .is_some_and(|tail| tail.iter().all(|b| is_whitespace(*b)))
 }
 
 /// JSON whitespace (serde_json's: no form feed).

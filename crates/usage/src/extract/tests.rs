@@ -1093,6 +1093,7 @@ fn arb_usage() -> impl Strategy<Value = Value> {
 fn arb_tricky_text() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just("say \"usage\": {\"prompt_tokens\": 9}"),
+        Just("say \"usage"),
         Just("back\\"),
         Just("{"),
         Just("}]"),
@@ -1140,6 +1141,58 @@ proptest! {
             }
         }
     }
+}
+
+/// The shortcut for a body whose one `"usage"` closes it: taken for the
+/// usual OpenAI body, refused wherever the whole pass must decide, and in
+/// every case the same answer as the whole-body reading of a well-formed body.
+#[test]
+fn closing_usage_shortcut_is_taken_only_for_a_closing_top_level_usage() {
+    let usage = r#"{"prompt_tokens":184,"completion_tokens":10,"total_tokens":194,"prompt_tokens_details":{"cached_tokens":0}}"#;
+    let taken = [
+        format!(r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],"usage":{usage}}}"#),
+        format!("{{\n  \"id\": \"x\",\n  \"usage\" :\t{usage} \n}}\n"),
+        r#"{"id":"x","usage":null}"#.to_owned(),
+    ];
+    let refused = [
+        // Nested, not top-level: a second brace closes the body.
+        format!(r#"{{"data":{{"usage":{usage}}}}}"#),
+        // Not the last member.
+        format!(r#"{{"usage":{usage},"id":"x"}}"#),
+        // A second `"usage"` (an escaped quote, then a closing one).
+        format!(r#"{{"id":"say \"usage","usage":{usage}}}"#),
+        // An error with a value: the whole reading decides.
+        format!(r#"{{"error":{{"message":"m"}},"usage":{usage}}}"#),
+        // Not a plain usage object (a float count): serde decides.
+        r#"{"id":"x","usage":{"prompt_tokens":1.5}}"#.to_owned(),
+        // Not an object body.
+        format!(r#"[{{"usage":{usage}}}]"#),
+        // Trailing bytes after the body.
+        format!(r#"{{"usage":{usage}}} x"#),
+    ];
+    for body in &taken {
+        let shortcut = super::response::closing_usage(body.as_bytes());
+        assert!(shortcut.is_some(), "not taken: {body}");
+    }
+    for body in &refused {
+        let shortcut = super::response::closing_usage(body.as_bytes());
+        assert!(shortcut.is_none(), "taken: {body}");
+    }
+    for body in taken.iter().chain(&refused) {
+        for protocol in ALL {
+            assert_eq!(
+                super::response::usage_only_scanned(protocol, body.as_bytes()),
+                super::response::usage_only_reference(protocol, body.as_bytes()),
+                "{body}"
+            );
+        }
+    }
+    let first = super::response::usage_only_scanned(Frontend::OpenAiChat, taken[0].as_bytes());
+    assert_eq!(first.flatten().and_then(|u| u.total_tokens), Some(194));
+    // What it does not walk: a body broken before its closing `usage`
+    // still yields that usage (documented in `extract::scan`).
+    let broken = format!(r#"{{"a":[1,"usage":{usage}}}"#);
+    assert!(super::response::closing_usage(broken.as_bytes()).is_some());
 }
 
 proptest! {

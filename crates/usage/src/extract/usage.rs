@@ -210,9 +210,20 @@ pub(crate) fn parse_usage_field(text: &[u8]) -> Option<UsageField> {
     parse::<UsageField>(text, &mut String::new())
 }
 
+/// A plain `usage` object (see [`parse_usage_field`]) at the start of
+/// `text`, and what follows it; `None` when the hand reader cannot read it
+/// (then the caller takes the whole-body path, which decides).
+pub(crate) fn read_plain_usage_prefix(text: &[u8]) -> Option<(UsageField, &[u8])> {
+    let mut reader = PlainReader::new(text);
+    let usage = reader.usage_value()?;
+    Some((usage, text.get(reader.at..)?))
+}
+
 /// The hand reader of [`parse_usage_field`]: `None` means "not plain, ask
 /// serde", never an error. Its input was checked by the scan
-/// (`extract::scan`), so it is a well-formed JSON value.
+/// (`extract::scan`), so it is a well-formed JSON value; or, for
+/// [`read_plain_usage_prefix`], it is the tail of a body from a `usage`
+/// value on, unchecked (see `extract::scan::sole_usage_value`).
 struct PlainReader<'a> {
     text: &'a [u8],
     at: usize,
@@ -254,6 +265,12 @@ impl<'a> PlainReader<'a> {
     }
 
     fn usage(mut self) -> Option<UsageField> {
+        let usage = self.usage_value()?;
+        (self.peek().is_none()).then_some(usage)
+    }
+
+    /// The usage value at the reader's position (`null` or a plain object).
+    fn usage_value(&mut self) -> Option<UsageField> {
         // serde checks the keys' UTF-8; checking all the text at once is
         // cheaper (and only stricter: serde then decides).
         std::str::from_utf8(self.text).ok()?;
@@ -292,7 +309,7 @@ impl<'a> PlainReader<'a> {
             }
             _ => return None,
         };
-        (self.peek().is_none()).then_some(usage)
+        Some(usage)
     }
 
     fn details(&mut self, slot: &mut Field<DetailsIn>) -> Option<()> {
