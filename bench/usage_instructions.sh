@@ -54,7 +54,8 @@ if [[ $TRACKING == on ]]; then
     # Under valgrind, building a tokenizer takes ~10 s: wait for every
     # warm-up record.
     for _ in $(seq 120); do
-        (($(curl -s "$PROXY_URL/v1/usage/stats" | jq '.request_count') >= warm)) && break
+        kill -0 "$PROXY_PID" 2>/dev/null || die "the proxy exited under valgrind (see $logf)"
+        (($(curl -s "$PROXY_URL/v1/usage/stats" | jq '.request_count // 0') >= warm)) && break
         sleep 1
     done
 fi
