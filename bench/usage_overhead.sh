@@ -182,10 +182,28 @@ for v in "${VARIANTS[@]}"; do
     done
 done
 
-# Summary per variant: medians over rounds, on/off ratios.
+# Summary per variant: medians over rounds, on/off ratios, and the cost
+# paired by round (the off and on runs of one round are minutes apart, the
+# rounds of a run up to an hour: this VM's speed drifts by more than the
+# goal, so the pairs are the steadier estimate) with a distribution-free
+# interval for its median: between the k-th smallest and k-th largest pair,
+# k the largest with P(Binomial(n, ½) in [k, n−k]) ≥ 90 %.
 SUMMARY=$(jq -s '
     def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
              else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def comb($n; $i): reduce range(0; $i) as $j (1; . * ($n - $j) / ($j + 1));
+    def median_interval: sort | length as $n
+        | ([range(1; ($n + 1) / 2 | floor + 1)]
+           | map(. as $k | {k: $k, coverage: (1 - 2 * ([range(0; $k)] | map(comb($n; .)) | add // 0) / pow(2; $n))})
+           | map(select(.coverage >= 0.9)) | last) as $best
+        | if $best == null then null
+          else {coverage: $best.coverage, low: .[$best.k - 1], high: .[$n - $best.k]} end;
+    def paired: group_by(.round)
+        | map(select(length == 2) | (map(select(.tracking == "off"))[0].load.rps) as $off
+              | (map(select(.tracking == "on"))[0].load.rps) as $on
+              | (1 - $on / $off) * 100)
+        | {cost_pct_per_round: map(. * 10 | round / 10), median_cost_pct: med,
+           interval_90: median_interval};
     group_by(.variant) | map(
       . as $runs | {key: .[0].variant, value: (
         [ "off", "on" ] | map(. as $m | {key: $m, value: ($runs | map(select(.tracking == $m)) | {
@@ -203,6 +221,7 @@ SUMMARY=$(jq -s '
         | . + {ratio_on_off_rps: (.on.rps_median / .off.rps_median),
                throughput_cost_pct: ((1 - .on.rps_median / .off.rps_median) * 100),
                cpu_ratio_on_off: (.on.cpu_us_per_request_median / .off.cpu_us_per_request_median),
+               paired_by_round: ($runs | paired),
                records: ($runs | map(select(.tracking == "on") | .records) | {
                  wrk_responses: (map(.after - .before - .minus_wrk_responses) | add),
                  stored: (map(.stored) | add),
@@ -238,4 +257,4 @@ mv "$OUT.tmp" "$OUT"
 "$BENCH_DIR/usage_report.sh" "$OUT" >"${OUT%.json}.md"
 log "wrote $OUT and ${OUT%.json}.md"
 jq '.overhead.summary | map_values({off_rps: .off.rps_median, on_rps: .on.rps_median,
-    cost_pct: .throughput_cost_pct, records})' "$OUT"
+    cost_pct: .throughput_cost_pct, paired: .paired_by_round, records})' "$OUT"

@@ -15,6 +15,9 @@ def f1: if . == null then "–" else (. * 10 | round / 10 | tostring) end;
 def f2: if . == null then "–" else (. * 100 | round / 100 | tostring) end;
 def int: if . == null then "–" else (round | tostring) end;
 def pf(ok): if ok then "**pass**" else "**FAIL**" end;
+def paired($p): if $p == null then "" else
+  "; paired by round: median \($p.median_cost_pct | f1) %\(if $p.interval_90 == null then " (too few rounds for an interval)" else
+  ", \($p.interval_90.coverage * 100 | round) % interval \($p.interval_90.low | f1)–\($p.interval_90.high | f1) %" end)" end;
 def meta_line: "git `\(.git_sha[0:12])`\(if .git_dirty then " (+ uncommitted changes)" else "" end), \(.date), \(.machine.nproc) × \(.machine.cpu_model), \(.machine.memory), \([.tools.load_tool, .tools.rustc] | map(select(. != "")) | join(", "))\(if .runs_started_while_compiling > 0 then ", **\(.runs_started_while_compiling) run(s) started while cargo was compiling**" else "" end)";
 def q($size; $case): (.stats.sizes[]? | select(.records == $size) | .http.queries[] | select(.case == $case)) // null;
 def inproc($size; $case): (.stats.sizes[]? | select(.records == $size) | .stats_bench.aggregate[] | select(.case == $case)) // null;
@@ -30,7 +33,7 @@ def inproc($size; $case): (.stats.sizes[]? | select(.records == $size) | .stats_
 "|---|---|---|---|",
 (.overhead.summary // {} | to_entries[] | select(.key != "json_paced") |
   .key as $v | .value as $s |
-  "| throughput cost of tracking, \(if $v == "json" then "1 KB chat, non-streaming" else "1 KB chat, streaming (20 chunks)" end), \($r.overhead.setup.connections[$v]) connections | ≤ 5 % | \($s.throughput_cost_pct | f1) % (off \($s.off.rps_median | int) req/s → on \($s.on.rps_median | int) req/s, medians of \($s.on.runs)) | \(pf($s.throughput_cost_pct <= 5)) |"),
+  "| throughput cost of tracking, \(if $v == "json" then "1 KB chat, non-streaming" else "1 KB chat, streaming (20 chunks)" end), \($r.overhead.setup.connections[$v]) connections | ≤ 5 % | \($s.throughput_cost_pct | f1) % (off \($s.off.rps_median | int) req/s → on \($s.on.rps_median | int) req/s, medians of \($s.on.runs))\(paired($s.paired_by_round)) | \(pf($s.throughput_cost_pct <= 5)) |"),
 (.overhead.summary.json_paced // null | select(. != null) | . as $s |
   "| proxy CPU per request with every token counted (1 KB chat at ~\($r.overhead.setup.paced_target_rps) req/s, tracker keeps up) | (none; context for the 5 %) | off \($s.off.cpu_us_per_request_median | f1) µs → on \($s.on.cpu_us_per_request_median | f1) µs (incl. drain \($s.on.cpu_us_per_request_incl_drain_median | f1) µs) = \($s.cpu_ratio_on_off | f2)×; p50 \($s.off.p50_ms_median | f2) → \($s.on.p50_ms_median | f2) ms, p99 \($s.off.p99_ms_median | f2) → \($s.on.p99_ms_median | f2) ms | info |"),
 (.overhead.summary // {} | to_entries[] | .key as $v | .value.records | select(.stored != null) |
