@@ -37,6 +37,6 @@ pub use observer::{
     ObserverSet,
 };
 pub use pipeline::{ClientRequest, Pipeline};
-pub use protocol::Frontend;
+pub use protocol::{Frontend, is_event_stream};
 pub use rewrite::{RewriteRequest, RouteRewriter};
 pub use routing::{RoutePlan, Router, Target};

@@ -20,7 +20,7 @@ use crate::config::RoutingConfig;
 use crate::error::{ConfigError, ProxyError, UpstreamError, UpstreamErrorKind};
 use crate::health::{AlwaysAvailable, AttemptOutcome, EndpointHealth};
 use crate::observer::{AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ObserverSet};
-use crate::protocol::Frontend;
+use crate::protocol::{Frontend, is_event_stream};
 use crate::request::RequestFacts;
 use crate::rewrite::{RewriteRequest, RouteRewriter};
 use crate::routing::{RoutePlan, Router, Target};
@@ -303,7 +303,7 @@ impl Pipeline {
                     Instant::now(),
                 );
                 let status = response.status;
-                if is_sse(&response.headers) && status.is_success() {
+                if is_event_stream(&response.headers) && status.is_success() {
                     stage = Some(Stage::Transcode(Box::new(tr.stream(facts.include_usage))));
                 } else {
                     let placeholder = BackendResponse {
@@ -675,7 +675,7 @@ impl Pipeline {
             headers,
             body,
         } = response;
-        let sse = is_sse(&headers);
+        let sse = is_event_stream(&headers);
         let headers = returnable_response_headers(&headers);
         respond(tracker, status, headers, |t| ProxyBody::new(body, t, sse))
     }
@@ -748,13 +748,6 @@ async fn collect(
         }
     }
     Ok(collected.freeze())
-}
-
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Largest non-streaming JSON answer the proxy accepts from an upstream.

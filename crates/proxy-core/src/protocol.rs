@@ -149,9 +149,42 @@ fn anthropic_error_type(status: u16) -> &'static str {
     }
 }
 
+/// Whether `headers` announce a server-sent event stream: `Content-Type:
+/// text/event-stream`, parameters allowed, in any case (media types are
+/// case-insensitive, RFC 9110 §8.3.1).
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.get(..SSE.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(SSE))
+            && v.get(SSE.len())
+                .is_none_or(|b| matches!(b, b';' | b' ' | b'\t'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_are_told_by_their_media_type_in_any_case() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(v),
+            );
+            is_event_stream(&h)
+        };
+        assert!(with("text/event-stream"));
+        assert!(with("text/event-stream; charset=utf-8"));
+        assert!(with("Text/Event-Stream;charset=utf-8"));
+        assert!(!with("text/event-streams"));
+        assert!(!with("application/json"));
+        assert!(!with("text/event"));
+        assert!(!is_event_stream(&http::HeaderMap::new()));
+    }
 
     #[test]
     fn error_bodies_match_each_protocol() {

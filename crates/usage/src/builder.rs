@@ -13,6 +13,7 @@
 //! [`finish`] then fills the counts in, prices the record and hands it on.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -28,22 +29,70 @@ use crate::record::{CompletionOutcome, CostSource, TokenSource, UsageRecord};
 use crate::time::{format_rfc3339, system_time_us};
 use crate::tokens::{Encoding, TokenCounter};
 
-/// Sessions whose turn counter is remembered; past this the map starts over.
+/// Sessions a turn-counter generation holds (see [`SessionTurns`]).
 const MAX_TRACKED_SESSIONS: usize = 100_000;
 
 /// Lines whose counts are remembered; past this the cache starts over.
 const MAX_CACHED_LINES: usize = 200_000;
 
-/// Session turn counters by session id; foldhash, seeded per map (SipHash
-/// and a key copy per record were ~2 k instructions of the builder's ~17 k).
-/// The keys are the builder's own copies, not the exchanges' `Arc`s: those
-/// would keep up to 100 k blocks of the request path's heap alive (no
-/// throughput difference was measurable either way).
-type Turns = HashMap<String, u32, foldhash::fast::RandomState>;
+/// Turn counters by session, in two generations. A session is looked up in
+/// the current one, then in the previous one (a hit there moves it to the
+/// current); when the current one holds `capacity` sessions it becomes the
+/// previous one and the old previous one is forgotten. So a session is
+/// forgotten (its next request is turn 1 again) only once at least
+/// `capacity` other sessions were seen since its last request; a single map
+/// cleared when full reset every session at once.
+///
+/// Keys are a seeded 64-bit hash of the id: 16 bytes a session and no copy
+/// of the id (two ids sharing a hash, ~1 in 10⁹ at 200 k sessions, would
+/// share a counter). SipHash and a key copy per record were ~2 k
+/// instructions of the builder's ~17 k.
+struct SessionTurns {
+    current: HashMap<u64, u32, foldhash::fast::RandomState>,
+    previous: HashMap<u64, u32, foldhash::fast::RandomState>,
+    key: foldhash::quality::RandomState,
+    capacity: usize,
+}
+
+impl SessionTurns {
+    fn new(capacity: usize) -> SessionTurns {
+        SessionTurns {
+            current: HashMap::default(),
+            previous: HashMap::default(),
+            key: foldhash::quality::RandomState::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The next turn of `session` (1 for a session not remembered).
+    fn next(&mut self, session: &str) -> u32 {
+        let key = self.key.hash_one(session);
+        if let Some(turn) = self.current.get_mut(&key) {
+            *turn = turn.saturating_add(1);
+            return *turn;
+        }
+        let turn = self
+            .previous
+            .remove(&key)
+            .map_or(1, |t| t.saturating_add(1));
+        if self.current.len() >= self.capacity {
+            // The previous generation's table, emptied, is the next one.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(key, turn);
+        turn
+    }
+
+    /// Sessions remembered.
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
 
 /// Drafts records; owned by the builder thread.
 pub struct RecordBuilder {
-    turns: Turns,
+    turns: SessionTurns,
     /// The last model's encoding (consecutive records mostly share a model).
     last_encoding: Option<(String, (Encoding, bool))>,
 }
@@ -126,7 +175,7 @@ impl RecordBuilder {
     /// A builder with no sessions seen.
     pub fn new() -> RecordBuilder {
         RecordBuilder {
-            turns: Turns::default(),
+            turns: SessionTurns::new(MAX_TRACKED_SESSIONS),
             last_encoding: None,
         }
     }
@@ -170,7 +219,7 @@ impl RecordBuilder {
             .map(|t| outcome.total.saturating_sub(t).as_secs_f64())
             .filter(|s| *s > 0.0);
         let timestamp_us = system_time_us(ctx.received_at);
-        let turn_number = self.next_turn(&ctx.session_id);
+        let turn_number = self.turns.next(&ctx.session_id);
         let replaced = served.is_some_and(|a| a.replaced);
         // Tokens of record when the backend reported them; else `finish`
         // takes the proxy's counts.
@@ -229,18 +278,6 @@ impl RecordBuilder {
             encoding,
             generation_s,
         }
-    }
-
-    fn next_turn(&mut self, session: &str) -> u32 {
-        if let Some(turn) = self.turns.get_mut(session) {
-            *turn = turn.saturating_add(1);
-            return *turn;
-        }
-        if self.turns.len() >= MAX_TRACKED_SESSIONS {
-            self.turns.clear();
-        }
-        self.turns.insert(session.to_owned(), 1);
-        1
     }
 
     fn encoding_of(&mut self, model: &str) -> (Encoding, bool) {
@@ -714,6 +751,29 @@ mod tests {
             (2, (Encoding::Cl100kBase, false))
         );
         assert_eq!(draft("gpt-4o-mini", "c"), (1, o200k));
+    }
+
+    #[test]
+    fn a_session_seen_within_a_generation_keeps_counting() {
+        let mut turns = SessionTurns::new(3);
+        for s in ["a", "b", "c"] {
+            assert_eq!(turns.next(s), 1);
+        }
+        assert_eq!(turns.next("a"), 2);
+        // The current generation is full: "d" starts the next one, and the
+        // sessions of the previous one still count on when seen again.
+        assert_eq!(turns.next("d"), 1);
+        assert_eq!(turns.next("b"), 2);
+        assert_eq!(turns.next("a"), 3);
+        assert_eq!(turns.len(), 4);
+        // "c", not seen since the rotation, is still in the previous one.
+        assert_eq!(turns.next("c"), 2);
+        // Two more generations of new sessions without "a": forgotten.
+        for s in ["e", "f", "g", "h", "i", "j"] {
+            assert_eq!(turns.next(s), 1);
+        }
+        assert_eq!(turns.next("a"), 1);
+        assert!(turns.len() <= 6, "{}", turns.len());
     }
 
     #[test]

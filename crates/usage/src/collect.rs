@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
-use llm_proxy_core::{AttemptInfo, ExchangeContext, ExchangeObserver, ExchangeOutcome};
+use llm_proxy_core::{
+    AttemptInfo, ExchangeContext, ExchangeObserver, ExchangeOutcome, is_event_stream,
+};
 
 use crate::telemetry;
 use crate::tracker::Shared;
@@ -125,13 +127,6 @@ impl UsageCollector {
     }
 }
 
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
 impl ExchangeObserver for UsageCollector {
     fn on_client_request(
         &self,
@@ -175,7 +170,7 @@ impl ExchangeObserver for UsageCollector {
         headers: &HeaderMap,
         _: Instant,
     ) {
-        let sse = is_sse(headers);
+        let sse = is_event_stream(headers);
         self.with_partial(ex, |p| {
             p.backend_response.clear();
             p.backend_sse = sse;
@@ -205,7 +200,7 @@ impl ExchangeObserver for UsageCollector {
         headers: &HeaderMap,
         _: Instant,
     ) {
-        let sse = is_sse(headers);
+        let sse = is_event_stream(headers);
         self.with_partial(ex, |p| p.client_sse = sse);
     }
 

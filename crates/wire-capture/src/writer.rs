@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use llm_proxy_core::{
     AttemptInfo, Completion, ExchangeContext, ExchangeObserver, ExchangeOutcome, UpstreamError,
+    is_event_stream,
 };
 
 use crate::config::WireCaptureConfig;
@@ -320,13 +321,6 @@ fn shard_of(id: &str) -> usize {
     }) % SHARDS
 }
 
-fn is_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
 fn ms(d: Duration) -> MetaValue {
     MetaValue::Float((d.as_secs_f64() * 1e6).round() / 1e3)
 }
@@ -624,7 +618,7 @@ impl ExchangeObserver for CaptureWriter {
         at: Instant,
     ) {
         let head = self.status_head(status, headers);
-        let sse = is_sse(headers);
+        let sse = is_event_stream(headers);
         self.with_state(ex, |s| {
             let leg = ResponseLeg::new(head, status, sse, at);
             let ttfb = at.saturating_duration_since(s.backend_sent.unwrap_or(ex.started));
@@ -712,7 +706,7 @@ impl ExchangeObserver for CaptureWriter {
         at: Instant,
     ) {
         let head = self.status_head(status, headers);
-        let sse = is_sse(headers);
+        let sse = is_event_stream(headers);
         self.with_state(ex, |s| {
             let leg = ResponseLeg::new(head, status, sse, at);
             self.push_head(
