@@ -340,8 +340,8 @@ fn sigkill_loses_at_most_one_flush_interval(file: &str) {
     assert!(stored <= served, "stored {stored} > served {served}");
 }
 
-/// `GET path` over a fresh connection; the JSON body.
-fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+/// `GET path` over a fresh connection; the raw response, which must be a 200.
+fn get_raw(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
@@ -351,7 +351,115 @@ fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     .unwrap();
     let raw = read_all(s);
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    json_body(&raw)
+    raw
+}
+
+/// `GET path` over a fresh connection; the JSON body.
+fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    json_body(&get_raw(addr, path))
+}
+
+/// The sum of the Prometheus samples of `name` whose labels include every
+/// pair of `labels` (`None`: no such sample).
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().unwrap())
+        })
+        .reduce(|a, b| a + b)
+}
+
+#[test]
+fn usage_metrics_agree_with_the_records_and_unpriced_models_are_counted_and_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("usage.sqlite3");
+    let proxy = start(command_with_store(
+        &["--port", "0"],
+        store.to_str().unwrap(),
+    ));
+    // Two requests for a model in the bundled price table, three for one
+    // that is not in it (both answered by the built-in mock backend).
+    let requests = [
+        ("/v1/chat/completions", "gpt-4o-mini", 2),
+        ("/v1/messages", "claude-sonnet-4", 3),
+    ];
+    for (path, model, n) in requests {
+        for i in 0..n {
+            let body = format!(
+                r#"{{"model":"{model}","max_tokens":50,"messages":[{{"role":"user","content":"hello {i}"}}]}}"#
+            );
+            let raw = read_all(post_raw(proxy.addr, path, &body, &[]));
+            assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        }
+    }
+    // Records reach the store within a flush interval (1 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let m = get_raw(proxy.addr, "/metrics");
+        if sample(&m, "llm_proxy_usage_flush_lag_seconds_count", &[]) == Some(5.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "5 records never flushed:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stats = get_json(proxy.addr, "/v1/usage/stats");
+    assert_eq!(stats["request_count"], 5, "{stats}");
+    let mock = [("backend", "mock")];
+    let metric = |name: &str, labels: &[(&str, &str)]| sample(&metrics, name, labels);
+    assert_eq!(metric("llm_proxy_usage_records_total", &mock), Some(5.0));
+    assert_eq!(
+        metric("llm_proxy_usage_unpriced_records_total", &mock),
+        Some(3.0)
+    );
+    for (kind, field) in [
+        ("prompt", "total_prompt_tokens"),
+        ("completion", "total_completion_tokens"),
+    ] {
+        let tokens = metric(
+            "llm_proxy_usage_tokens_total",
+            &[("backend", "mock"), ("kind", kind)],
+        );
+        assert_eq!(tokens, stats[field].as_f64(), "{kind}");
+        assert!(tokens.unwrap() > 0.0);
+    }
+    let cost = metric("llm_proxy_usage_cost_usd_total", &mock).unwrap();
+    let total_cost = stats["total_cost"].as_f64().unwrap();
+    assert!(
+        cost > 0.0 && (cost - total_cost).abs() < 1e-12,
+        "{cost} vs {total_cost}"
+    );
+    for histogram in [
+        "llm_proxy_ttft_seconds_count",
+        "llm_proxy_exchange_duration_seconds_count",
+        "llm_proxy_overhead_seconds_count",
+    ] {
+        assert_eq!(metric(histogram, &[]), Some(5.0), "{histogram}");
+    }
+    assert_eq!(
+        metric("llm_proxy_usage_records_dropped_total", &[]).unwrap_or(0.0),
+        0.0
+    );
+    // The unpriced model is named once in the log, however many records it has.
+    let warned: Vec<String> = proxy
+        .stderr
+        .try_iter()
+        .filter(|l| l.contains("no price for this model"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains(r#"model="claude-sonnet-4""#),
+        "{warned:?}"
+    );
+    // Logs into a pipe (journald, container logs) carry no colour codes.
+    assert!(!warned[0].contains('\u{1b}'), "{warned:?}");
 }
 
 /// The model that answered each of `turns` turns of one session asking for `mock:echo`.

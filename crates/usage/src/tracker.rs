@@ -9,7 +9,7 @@
 //! Queries see the store plus the pending buffer, so a record is visible as
 //! soon as it is built, and never counted twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,7 +23,7 @@ use crate::counting::{CountQueue, Heartbeat, SpareCpu, lower_thread_priority};
 use crate::error::UsageError;
 use crate::pricing::PriceTable;
 use crate::query::{Stats, UsageQuery};
-use crate::record::UsageRecord;
+use crate::record::{CostSource, UsageRecord};
 use crate::store::{AggregateSet, RecentPage, UsageStore};
 use crate::telemetry;
 use crate::tokens::TokenCounter;
@@ -121,12 +121,14 @@ impl UsageTracker {
         let interval = Duration::try_from_secs_f64(config.flush_interval_seconds)
             .unwrap_or(Duration::from_secs(1));
         let counting = Arc::new(CountQueue::new(interval));
+        let unpriced = Arc::new(UnpricedModels::default());
         let counter = {
             let (queue, prices) = (counting.clone(), prices.clone());
             let tally = TokenTally::new(tokens.clone());
+            let metrics = RecordMetrics::new(unpriced.clone());
             std::thread::Builder::new()
                 .name("usage-counter".into())
-                .spawn(move || count_loop(&queue, tally, &prices))
+                .spawn(move || count_loop(&queue, tally, &prices, metrics))
                 .map_err(|e| {
                     UsageError::Database(format!("cannot start the token counting thread: {e}"))
                 })?
@@ -134,7 +136,8 @@ impl UsageTracker {
         let builder = {
             let (shared, queue) = (shared.clone(), counting.clone());
             let spare = SpareCpu::new(config.exact_counting_min_idle_cpu);
-            let stage = BuildStage::new(tokens, prices, queue, spare);
+            let metrics = RecordMetrics::new(unpriced);
+            let stage = BuildStage::new(tokens, prices, queue, spare, metrics);
             std::thread::Builder::new()
                 .name("usage-builder".into())
                 .spawn(move || build_loop(rx, stage, &shared))
@@ -250,13 +253,14 @@ impl BuildStage {
         prices: Arc<PriceTable>,
         queue: Arc<CountQueue>,
         spare_cpu: SpareCpu,
+        metrics: RecordMetrics,
     ) -> BuildStage {
         BuildStage {
             drafts: RecordBuilder::new(),
             tokens,
             prices,
             queue,
-            metrics: RecordMetrics::default(),
+            metrics,
             estimated: metrics::counter!(telemetry::ESTIMATED_TOTAL),
             paused_until: None,
             spare_cpu,
@@ -391,10 +395,14 @@ fn build_loop(
 }
 
 /// The counting thread: exact token counts for the drafts it gets to.
-fn count_loop(queue: &CountQueue, mut tally: TokenTally, prices: &PriceTable) {
+fn count_loop(
+    queue: &CountQueue,
+    mut tally: TokenTally,
+    prices: &PriceTable,
+    mut metrics: RecordMetrics,
+) {
     lower_thread_priority();
     queue.heartbeat().adopt_thread();
-    let mut metrics = RecordMetrics::default();
     while let Some(draft) = queue.next() {
         queue.heartbeat().beat();
         let counts = tally.count(&draft, queue.heartbeat());
@@ -405,9 +413,46 @@ fn count_loop(queue: &CountQueue, mut tally: TokenTally, prices: &PriceTable) {
     }
 }
 
+/// A record a backend served whose model has no price. (A request no
+/// backend served, e.g. for an unknown model, has no price to miss.)
+fn unpriced(r: &UsageRecord) -> bool {
+    r.cost_source == CostSource::Unknown && r.backend_type != "none"
+}
+
+/// Model names with no price, each logged once: shared by the threads that
+/// finish records, touched only for unpriced ones.
+#[derive(Default)]
+struct UnpricedModels(Mutex<HashSet<String>>);
+
+/// Unpriced model names logged; past this no more are (a client can send
+/// any model name a catch-all route passes on).
+const MAX_UNPRICED_LOGGED: usize = 1_000;
+
+impl UnpricedModels {
+    fn note(&self, r: &UsageRecord) {
+        let mut logged = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() >= MAX_UNPRICED_LOGGED || logged.contains(&r.model) {
+            return;
+        }
+        logged.insert(r.model.clone());
+        tracing::warn!(
+            model = ?r.model, backend = %r.backend,
+            "no price for this model: its usage records get cost_usd = null (cost_source \"unknown\"); \
+             add it under [usage_tracking.price_overrides] or give prices_path a table that has it"
+        );
+        if logged.len() == MAX_UNPRICED_LOGGED {
+            tracing::warn!(
+                "{MAX_UNPRICED_LOGGED} models without a price logged; further ones are not \
+                 (llm_proxy_usage_unpriced_records_total still counts their records)"
+            );
+        }
+    }
+}
+
 /// The per-record metrics of one backend, registered once.
 struct BackendMetrics {
     records: metrics::Counter,
+    unpriced: metrics::Counter,
     prompt: metrics::Counter,
     completion: metrics::Counter,
     cached: metrics::Counter,
@@ -415,16 +460,27 @@ struct BackendMetrics {
     cost: metrics::Gauge,
 }
 
-/// Per-record metric handles by backend name, owned by the builder thread.
-/// Registering five labelled metrics per record (`metrics::counter!` with a
-/// cloned backend label each) cost ~13 k instructions a record (callgrind).
-#[derive(Default)]
+/// Per-record metric handles by backend name, one per thread that finishes
+/// records (the builder and the counting thread). Registering five labelled
+/// metrics per record (`metrics::counter!` with a cloned backend label each)
+/// cost ~13 k instructions a record (callgrind).
 struct RecordMetrics {
     by_backend: HashMap<String, BackendMetrics, foldhash::fast::RandomState>,
+    unpriced_models: Arc<UnpricedModels>,
 }
 
 impl RecordMetrics {
+    fn new(unpriced_models: Arc<UnpricedModels>) -> RecordMetrics {
+        RecordMetrics {
+            by_backend: HashMap::default(),
+            unpriced_models,
+        }
+    }
+
     fn emit(&mut self, r: &UsageRecord) {
+        if unpriced(r) {
+            self.unpriced_models.note(r);
+        }
         if let Some(m) = self.by_backend.get(&r.backend) {
             m.emit(r);
             return;
@@ -433,6 +489,7 @@ impl RecordMetrics {
         let tokens = |kind: &'static str| metrics::counter!(telemetry::TOKENS_TOTAL, "backend" => backend.clone(), "kind" => kind);
         let handles = BackendMetrics {
             records: metrics::counter!(telemetry::RECORDS_TOTAL, "backend" => backend.clone()),
+            unpriced: metrics::counter!(telemetry::UNPRICED_RECORDS_TOTAL, "backend" => backend.clone()),
             prompt: tokens("prompt"),
             completion: tokens("completion"),
             cached: tokens("cached"),
@@ -448,6 +505,9 @@ impl RecordMetrics {
 impl BackendMetrics {
     fn emit(&self, r: &UsageRecord) {
         self.records.increment(1);
+        if unpriced(r) {
+            self.unpriced.increment(1);
+        }
         self.prompt.increment(r.prompt_tokens);
         self.completion.increment(r.completion_tokens);
         if let Some(u) = &r.backend_reported_usage {
@@ -1133,6 +1193,7 @@ mod tests {
             Arc::new(PriceTable::bundled().unwrap()),
             queue.clone(),
             SpareCpu::new(0.0),
+            RecordMetrics::new(Arc::default()),
         );
         let builder = {
             let shared = shared.clone();
