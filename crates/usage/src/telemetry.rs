@@ -9,8 +9,8 @@ pub const RECORDS_DROPPED_TOTAL: &str = "llm_proxy_usage_records_dropped_total";
 pub const TOKENS_TOTAL: &str = "llm_proxy_usage_tokens_total";
 /// Known cost in USD, by `backend` (a gauge that only grows: costs are fractional).
 pub const COST_USD_TOTAL: &str = "llm_proxy_usage_cost_usd_total";
-/// Records with no price (`cost_source = "unknown"`: the model is in neither
-/// the price table nor `price_overrides`), by `backend`.
+/// Records a backend served whose model has no price (`cost_source =
+/// "unknown"`: in neither the price table nor `price_overrides`), by `backend`.
 pub const UNPRICED_RECORDS_TOTAL: &str = "llm_proxy_usage_unpriced_records_total";
 /// Exchanges waiting for the record builder.
 pub const QUEUE_DEPTH: &str = "llm_proxy_usage_queue_depth";
