@@ -22,7 +22,7 @@ use llm_proxy_wire_capture::{Direction, Entry, FileHeader, Meta, MetaValue};
 
 mod common;
 
-use common::{BIN, Running, command, start_until};
+use common::{BIN, Running, command, sample, start_until};
 /// 2027-01-15T08:00:00Z.
 const T: f64 = 1_800_000_000.0;
 
@@ -410,11 +410,7 @@ fn chat(i: usize) -> String {
 }
 
 fn gauge(metrics: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("llm_proxy_wire_capture_enabled"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
+    sample(metrics, "llm_proxy_wire_capture_enabled", &[])
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{command, command_with_store, start};
+use common::{command, command_with_store, sample, start};
 
 /// A running `llm-proxy` process.
 /// Runs the binary expecting it to exit; returns (exit code, stderr).
@@ -357,24 +357,6 @@ fn get_raw(addr: SocketAddr, path: &str) -> String {
 /// `GET path` over a fresh connection; the JSON body.
 fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     json_body(&get_raw(addr, path))
-}
-
-/// The sum of the Prometheus samples of `name` whose labels include every
-/// pair of `labels` (`None`: no such sample).
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            let matches = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse::<f64>().unwrap())
-        })
-        .reduce(|a, b| a + b)
 }
 
 #[test]

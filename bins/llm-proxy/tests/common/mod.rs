@@ -101,3 +101,21 @@ pub fn start_until(mut cmd: Command, ready_prefix: &str) -> Running {
         stderr: err_rx,
     }
 }
+
+/// The sum of the Prometheus samples of `name` whose labels include every
+/// pair of `labels` (`None`: no such sample).
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().unwrap())
+        })
+        .reduce(|a, b| a + b)
+}
